@@ -1,0 +1,215 @@
+"""Evaluation criteria (gmv_plugin.evaluation) on datasets with hand-set run fields."""
+
+import json
+import uuid
+
+import numpy as np
+import pytest
+
+import fiftyone as fo
+
+from gmv_plugin import evaluation as ev
+
+KEY = "gmv"
+
+
+def _name():
+    return "test-eval-" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def c1_dataset():
+    """6 training samples (labels a,a,b,b,c,c) and 3 generated with 4 contributors."""
+    ds = fo.Dataset(_name())
+    train_labels = ["a", "a", "b", "b", "c", "c"]
+    train = [
+        fo.Sample(
+            filepath=f"/nonexistent/train{i}.png",
+            tags=["train"],
+            ground_truth=fo.Classification(label=lab),
+            digit=i // 2,
+            gmv_value=float(i),
+        )
+        for i, lab in enumerate(train_labels)
+    ]
+    ids = ds.add_samples(train)
+    # generated: (label, contributor indices)
+    gen_spec = [
+        ("a", [0, 1, 2, 4]),  # matches top1..4: 1,1,0,0 -> @1 1, @2 1, @4 .5
+        ("b", [0, 2, 3, 5]),  # 0,1,1,0 -> @1 0, @2 .5, @4 .5
+        ("c", [4, 5, 0, 2]),  # 1,1,0,0 -> @1 1, @2 1, @4 .5
+    ]
+    gens = [
+        fo.Sample(
+            filepath=f"/nonexistent/gen{j}.png",
+            tags=["generated"],
+            ground_truth=fo.Classification(label=lab),
+            digit={"a": 0, "b": 1, "c": 2}[lab],
+            cond=str({"a": 0, "b": 1, "c": 2}[lab]),
+            gmv_contributors=[ids[i] for i in contribs],
+            gmv_distances=[0.1, 0.2, 0.3, 0.4],
+            gmv_scores=[0.4, 0.3, 0.2, 0.1],
+        )
+        for j, (lab, contribs) in enumerate(gen_spec)
+    ]
+    ds.add_samples(gens)
+    yield ds
+    ds.delete()
+
+
+def test_c1_hand_computed(c1_dataset):
+    out = ev.identical_class(c1_dataset, KEY, "ground_truth", ks=(1, 2, 4))
+    assert out["identical_class"] == pytest.approx({1: 2 / 3, 2: 2.5 / 3, 4: 0.5})
+    assert out["num_generated"] == 3
+    json.dumps(out)
+
+
+def test_c1_plain_int_field_and_other_train_field(c1_dataset):
+    out = ev.identical_class(c1_dataset, KEY, "digit", ks=[1, 2, 4])
+    assert out["identical_class"] == pytest.approx({1: 2 / 3, 2: 2.5 / 3, 4: 0.5})
+    # generated condition stored as a string, training labels as ints: "1" == 1
+    out = ev.identical_class(c1_dataset, KEY, "cond", ks=[2], train_label_field="digit")
+    assert out["identical_class"][2] == pytest.approx(2.5 / 3)
+
+
+def test_c1_on_a_view_and_unlabelled_generated_skipped(c1_dataset):
+    gen = c1_dataset.match_tags("generated").first()
+    gen["digit"] = None
+    gen.save()
+    out = ev.identical_class(c1_dataset, KEY, "digit", ks=[1])
+    assert out["num_generated"] == 2 and out["num_skipped"] == 1
+    assert out["identical_class"][1] == pytest.approx(0.5)
+
+
+def test_c1_k_too_large(c1_dataset):
+    with pytest.raises(ValueError, match="4 contributors stored"):
+        ev.identical_class(c1_dataset, KEY, "ground_truth", ks=(30,))
+
+
+def test_c1_errors(c1_dataset):
+    with pytest.raises(ValueError, match="Unknown valuation key 'nope'.*gmv"):
+        ev.identical_class(c1_dataset, "nope", "ground_truth", ks=(1,))
+    with pytest.raises(ValueError, match="not a label field.*ground_truth"):
+        ev.identical_class(c1_dataset, KEY, "missing", ks=(1,))
+    with pytest.raises(ValueError, match="positive integers"):
+        ev.identical_class(c1_dataset, KEY, "ground_truth", ks=(0,))
+
+
+def test_c2_several_fields(c1_dataset):
+    out = ev.identical_attributes(c1_dataset, KEY, ["ground_truth", "digit"], ks=(1, 4))
+    assert out["identical_attributes"]["ground_truth"] == pytest.approx({1: 2 / 3, 4: 0.5})
+    assert out["identical_attributes"]["digit"] == pytest.approx({1: 2 / 3, 4: 0.5})
+    with pytest.raises(ValueError, match="at least one"):
+        ev.identical_attributes(c1_dataset, KEY, [], ks=(1,))
+
+
+@pytest.fixture
+def c3_dataset():
+    """20 training samples valued 0..19; the 3 lowest are corrupted (tag and bool)."""
+    ds = fo.Dataset(_name())
+    samples = []
+    for i in range(20):
+        bad = i in (0, 1, 5)
+        samples.append(
+            fo.Sample(
+                filepath=f"/nonexistent/t{i}.png",
+                tags=["noisy"] if bad else [],
+                is_noisy=bad,
+                member=i >= 10,
+                held_out=i < 10,
+                gmv_value=float(i),
+            )
+        )
+    ids = ds.add_samples(samples)
+    ds.add_sample(
+        fo.Sample(filepath="/nonexistent/g.png", gmv_contributors=ids[:3])
+    )
+    yield ds
+    ds.delete()
+
+
+def test_c3_hand_computed(c3_dataset):
+    for spec in ("noisy", "is_noisy"):
+        out = ev.cleansing(c3_dataset, KEY, spec)
+        assert out["num_train"] == 20 and out["num_corrupted"] == 3
+        # ranks 1, 2, 6 of 20: percentiles (r - .5) / 20 * 100
+        assert out["percentiles"]["min"] == pytest.approx(2.5)
+        assert out["percentiles"]["max"] == pytest.approx(27.5)
+        # lowest 5% = 1 sample, 10% = 2 samples
+        assert out["share_in_lowest"] == pytest.approx({"0.01": 0, "0.05": 1 / 3, "0.1": 2 / 3})
+        # pairs (bad, clean) where bad < clean: 17 + 17 + 14 of 3 * 17
+        assert out["auc"] == pytest.approx(48 / 51)
+        json.dumps(out)
+
+
+def test_c3_ties_averaged(c3_dataset):
+    c3_dataset.set_values("gmv_value", [0.0] * 20)
+    out = ev.cleansing(c3_dataset, KEY, "noisy")
+    assert out["auc"] == pytest.approx(0.5)
+    assert out["share_in_lowest"]["0.1"] == 0
+
+
+def test_c3_errors(c3_dataset):
+    with pytest.raises(ValueError, match="neither a sample tag.*noisy.*is_noisy"):
+        ev.cleansing(c3_dataset, KEY, "corrupt")
+    with pytest.raises(ValueError, match="not boolean"):
+        ev.cleansing(c3_dataset, KEY, "gmv_value")
+    c3_dataset.untag_samples("noisy")
+    c3_dataset.tag_samples("noisy")
+    with pytest.raises(ValueError, match="Every training sample"):
+        ev.cleansing(c3_dataset, KEY, "noisy")
+
+
+def test_membership(c3_dataset):
+    out = ev.membership(c3_dataset, KEY, "member", "held_out")
+    from scipy.stats import ttest_ind
+
+    ref = ttest_ind(np.arange(10, 20), np.arange(10), equal_var=False, alternative="greater")
+    assert out["t"] == pytest.approx(ref.statistic)
+    assert out["p"] == pytest.approx(ref.pvalue)
+    assert out["auc"] == 1.0
+    assert out["mean_members"] == pytest.approx(14.5)
+    assert out["num_members"] == out["num_non_members"] == 10
+    json.dumps(out)
+
+
+def test_membership_errors(c3_dataset):
+    with pytest.raises(ValueError, match="both"):
+        ev.membership(c3_dataset, KEY, "member", "member")
+    c3_dataset.set_values("held_out", [False] * 20)
+    with pytest.raises(ValueError, match="at least 2"):
+        ev.membership(c3_dataset, KEY, "member", "held_out")
+
+
+def test_c4_from_registered_run(c3_dataset):
+    ds = c3_dataset
+    config = ds.init_run(method="gmvaluator", model="pixels", k=3)
+    ds.register_run(KEY, config)
+    results = fo.RunResults(
+        ds,
+        config,
+        KEY,
+        timings={"embed": 1.0, "index": 0.5, "recall": 0.25, "values": 0.25},
+        num_train=20,
+        num_generated=1000,
+    )
+    ds.save_run_results(KEY, results)
+    assert ev.list_runs(ds) == [KEY]
+    out = ev.efficiency(ds, KEY)
+    assert out["total_s"] == pytest.approx(2.0)
+    assert out["per_generated_ms"] == pytest.approx(2.0)
+    assert out["stages"]["embed"] == 1.0
+    assert out["per_generated_ms_by_stage"]["index"] == pytest.approx(0.5)
+    json.dumps(out)
+    assert ev.evaluate(ds, KEY, "C4") == out
+    with pytest.raises(ValueError, match="Unknown run key.*'gmv'"):
+        ev.efficiency(ds, "other")
+    with pytest.raises(ValueError, match="Unknown criterion"):
+        ev.evaluate(ds, KEY, "C9")
+
+
+def test_c4_without_timings(c3_dataset):
+    config = c3_dataset.init_run(method="gmvaluator")
+    c3_dataset.register_run(KEY, config)
+    with pytest.raises(ValueError, match="no timings"):
+        ev.efficiency(c3_dataset, KEY)
