@@ -1,0 +1,48 @@
+"""GMValuator for FiftyOne: value every training image of a generative model
+from the images it generated (training-free, model-agnostic).
+
+Typical use::
+
+    import gmv_plugin as gmv
+
+    results = gmv.compute_values(
+        dataset.match_tags("train"),
+        dataset.match_tags("generated"),
+        key="gmv",
+        model="pixels",
+        rerank="l2",
+        quality="realism",
+    )
+    results.top(10)  # the most valuable training samples
+"""
+
+from gmv_plugin.embeddings import PixelEmbedder
+from gmv_plugin.images import ImageReadError
+from gmv_plugin.index import INDEX_TYPES, recall_at_k
+from gmv_plugin.pipeline import (
+    STAGES,
+    Valuation,
+    assign_values,
+    build_index,
+    compute_embeddings,
+    compute_values,
+    init_valuation,
+    load_valuation,
+    recall_contributors,
+    rerank_contributors,
+    score_quality,
+)
+from gmv_plugin.quality import QualityScorer
+from gmv_plugin.rerank import RERANKERS, L2Reranker, Reranker
+from gmv_plugin.runs import (
+    GMValuationConfig,
+    GMValuationResults,
+    delete_run,
+    field_names,
+    get_run_config,
+    list_runs,
+    load_results,
+    rename_run,
+)
+from gmv_plugin.valuation import accumulate_values, contribution_scores
+from gmv_plugin.weights import MissingWeightsError

@@ -1,0 +1,244 @@
+"""Embedding training and generated images into float32 arrays on disk.
+
+Embeddings are computed with FiftyOne's ``compute_embeddings`` chunk by chunk
+and streamed into a ``.npy`` memmap, so memory is bounded by the chunk size,
+never by the number of images. An ``embeddings_field`` can supply existing
+embeddings or receive new ones.
+"""
+
+import logging
+
+import numpy as np
+import fiftyone.core.models as fom
+import fiftyone.core.utils as fou
+from PIL import Image
+
+from gmv_plugin.images import to_pil
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "vgg16-imagenet-torch"
+BUILTIN_MODELS = ("pixels",)
+
+
+class PixelEmbedder(fom.Model, fom.EmbeddingsMixin):
+    """A weight-free encoder: resize, flatten and L2-normalize the pixels.
+
+    Euclidean distances between these embeddings rank neighbours exactly as
+    cosine similarity in pixel space does.
+
+    Args:
+        size (32): images are resized to ``size x size``
+        mode ("RGB"): ``"RGB"`` or ``"L"`` (grayscale); any input channels
+            are converted, so mixed collections embed consistently
+    """
+
+    def __init__(self, size=32, mode="RGB"):
+        if mode not in ("RGB", "L"):
+            raise ValueError("mode must be one of ('RGB', 'L'); got %r" % mode)
+        self.size = int(size)
+        self.mode = mode
+
+    @property
+    def media_type(self):
+        return "image"
+
+    @property
+    def has_embeddings(self):
+        return True
+
+    @property
+    def ragged_batches(self):
+        return False
+
+    @property
+    def transforms(self):
+        return None
+
+    @property
+    def preprocess(self):
+        return False
+
+    @preprocess.setter
+    def preprocess(self, value):
+        pass
+
+    def config(self):
+        return {"name": "pixels", "size": self.size, "mode": self.mode}
+
+    def _embed_one(self, img):
+        pil = to_pil(img, self.mode).resize((self.size, self.size), Image.BILINEAR)
+        vec = np.asarray(pil, dtype=np.float32).ravel() / 255.0
+        norm = np.linalg.norm(vec)
+        return vec / norm if norm > 0 else vec
+
+    def embed(self, arg):
+        return self._embed_one(arg)
+
+    def embed_all(self, args):
+        return np.stack([self._embed_one(a) for a in args])
+
+    def predict(self, arg):
+        return self.embed(arg)
+
+    def predict_all(self, args):
+        return self.embed_all(args)
+
+    def get_embeddings(self):
+        raise NotImplementedError("use embed() or embed_all()")
+
+
+def resolve_model(model):
+    """Returns a FiftyOne model for ``model``: ``"pixels"``, a zoo model
+    name, or a :class:`fiftyone.core.models.Model` instance.
+
+    Zoo models are checked for downloaded weights first; nothing is fetched.
+    """
+    if isinstance(model, fom.Model):
+        if not isinstance(model, fom.EmbeddingsMixin) or not model.has_embeddings:
+            raise ValueError("Model %r does not expose embeddings" % model)
+        return model
+    if model == "pixels":
+        return PixelEmbedder()
+    if isinstance(model, str):
+        import fiftyone.zoo as foz
+
+        from gmv_plugin.weights import check_zoo_model
+
+        if model not in foz.list_zoo_models():
+            raise ValueError(
+                "Unknown model %r; use one of %s, a FiftyOne zoo model name "
+                "(see fiftyone.zoo.list_zoo_models()), or a fiftyone Model "
+                "instance" % (model, BUILTIN_MODELS)
+            )
+        check_zoo_model(model)
+        return foz.load_zoo_model(model)
+    raise ValueError(
+        "model must be 'pixels', a zoo model name or a fiftyone Model; "
+        "got %r" % (model,)
+    )
+
+
+def model_config(model):
+    """A JSON-serializable description of a model, for run configs."""
+    if model == "pixels":
+        return PixelEmbedder().config()
+    if isinstance(model, str):
+        return {"name": model}
+    if isinstance(model, PixelEmbedder):
+        return model.config()
+    return {"name": type(model).__name__}
+
+
+class EmbeddingError(ValueError):
+    """Some samples could not be embedded."""
+
+
+def embed_to_file(
+    samples,
+    path,
+    model=None,
+    embeddings_field=None,
+    batch_size=64,
+    chunk_size=4096,
+    progress=None,
+):
+    """Embeds ``samples`` in order into a float32 ``.npy`` file.
+
+    Args:
+        samples: a sample collection
+        path: the ``.npy`` file to write
+        model (None): a model from :func:`resolve_model`; may be None when
+            every sample already has ``embeddings_field``
+        embeddings_field (None): a field with existing embeddings, or where
+            to store new ones
+        batch_size (64): the model's batch size
+        chunk_size (4096): samples handled per round trip to the database
+        progress (None): like FiftyOne's ``progress`` arguments
+
+    Returns:
+        a tuple ``(ids, embeddings)``: the sample ids and a read-only memmap
+
+    Raises:
+        EmbeddingError: naming the samples whose images could not be embedded
+    """
+    ids = samples.values("id")
+    has_field = embeddings_field is not None and samples.has_field(
+        embeddings_field
+    )
+    if model is None and not has_field:
+        raise ValueError(
+            "Provide a model, or an embeddings_field that exists on every "
+            "sample; field %r does not exist" % embeddings_field
+        )
+
+    out = None
+    failed = []
+    with fou.ProgressBar(total=len(ids), progress=progress) as pb:
+        for start in range(0, len(ids), chunk_size):
+            chunk_ids = ids[start : start + chunk_size]
+            chunk = samples.select(chunk_ids, ordered=True)
+            embs = _chunk_embeddings(
+                chunk, model, embeddings_field, has_field, batch_size
+            )
+            for sid, emb in zip(chunk_ids, embs):
+                if emb is None:
+                    failed.append(sid)
+            if failed:
+                pb.update(len(chunk_ids))
+                continue
+            arr = np.asarray(np.stack(embs), dtype=np.float32).reshape(
+                len(chunk_ids), -1
+            )
+            if out is None:
+                out = np.lib.format.open_memmap(
+                    path, mode="w+", dtype=np.float32,
+                    shape=(len(ids), arr.shape[1]),
+                )
+            if arr.shape[1] != out.shape[1]:
+                raise EmbeddingError(
+                    "Embeddings have inconsistent dimensions: %d and %d"
+                    % (out.shape[1], arr.shape[1])
+                )
+            out[start : start + len(chunk_ids)] = arr
+            pb.update(len(chunk_ids))
+
+    if failed:
+        paths = samples.select(failed[:5]).values("filepath")
+        raise EmbeddingError(
+            "Could not embed %d of %d samples (missing or unreadable images, "
+            "or no embedding in %r), e.g. %s"
+            % (len(failed), len(ids), embeddings_field, paths)
+        )
+    if out is None:
+        raise ValueError("Cannot embed an empty collection")
+    out.flush()
+    del out
+    return ids, np.load(path, mmap_mode="r")
+
+
+def _chunk_embeddings(chunk, model, field, has_field, batch_size):
+    if has_field:
+        embs = chunk.values(field)
+        missing = [i for i, e in enumerate(embs) if e is None]
+        if not missing or model is None:
+            return embs
+        if field is not None:
+            sub = chunk.select([chunk.values("id")[i] for i in missing])
+            sub.compute_embeddings(
+                model, embeddings_field=field, batch_size=batch_size,
+                skip_failures=True, progress=False,
+            )
+            return chunk.values(field)
+    if model is None:
+        return [None] * len(chunk)
+    if field is not None:
+        chunk.compute_embeddings(
+            model, embeddings_field=field, batch_size=batch_size,
+            skip_failures=True, progress=False,
+        )
+        return chunk.values(field)
+    embs = chunk.compute_embeddings(
+        model, batch_size=batch_size, skip_failures=True, progress=False
+    )
+    return list(embs)

@@ -1,0 +1,589 @@
+"""The GMValuator pipeline: embed, index, recall, re-rank, quality, values.
+
+:func:`compute_values` runs everything; each stage is also its own call
+(:func:`compute_embeddings`, :func:`build_index`, :func:`recall_contributors`,
+:func:`rerank_contributors`, :func:`score_quality`, :func:`assign_values`) on a
+run created by :func:`init_valuation`, so operators can run them separately.
+Intermediate arrays live in the run's directory with a fingerprint of what
+produced them: a stage whose inputs and parameters are unchanged is reloaded,
+not recomputed (e.g. changing only the re-ranker keeps embeddings and index).
+Fields are written only by the last stage, in bulk.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import fiftyone.core.utils as fou
+
+from gmv_plugin import embeddings as gmve
+from gmv_plugin import index as gmvi
+from gmv_plugin import quality as gmvq
+from gmv_plugin import rerank as gmvr
+from gmv_plugin import runs as gmvruns
+from gmv_plugin.images import ImageReadError
+from gmv_plugin.valuation import accumulate_values, contribution_scores
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("embed", "index", "recall", "rerank", "quality", "values")
+REALISM_K = 3
+
+
+def compute_values(
+    train_view,
+    generated_view,
+    key="gmv",
+    model=gmve.DEFAULT_MODEL,
+    embeddings_field=None,
+    index="auto",
+    index_params=None,
+    rerank="none",
+    rerank_params=None,
+    quality="none",
+    quality_params=None,
+    k=50,
+    recall_k=None,
+    temperature=1.0,
+    batch_size=64,
+    overwrite=False,
+    progress=None,
+):
+    """Values every training sample from the generated samples (GMValuator).
+
+    Args:
+        train_view: the training samples (a dataset or view)
+        generated_view: the generated samples, from the same dataset
+        key ("gmv"): the run key; fields are named ``{key}_value``,
+            ``{key}_hits`` (training) and ``{key}_contributors``,
+            ``{key}_distances``, ``{key}_scores``, ``{key}_quality``
+            (generated)
+        model ("vgg16-imagenet-torch"): the encoder: ``"pixels"`` (built-in,
+            weight-free), a FiftyOne zoo model name, or a FiftyOne ``Model``
+        embeddings_field (None): a field holding embeddings to use, or where
+            to store those computed with ``model``
+        index ("auto"): the recall index, one of ``auto|flat|pq|ivfpq``
+        index_params (None): dict of ``M``, ``nbits``, ``nlist``, ``nprobe``,
+            ``refine``, ``train_size``; see :func:`gmv_plugin.index.default_params`
+        rerank ("none"): ``none|l2|lpips|dreamsim`` or a ``Reranker``
+        rerank_params (None): re-ranker options (e.g. ``size``, ``net``)
+        quality ("none"): ``none|realism|maniqa``, another pyiqa
+            no-reference metric, or a ``QualityScorer``
+        quality_params (None): quality model options
+        k (50): contributors per generated image (the set P_j)
+        recall_k (None): candidates recalled before re-ranking (>= k);
+            defaults to ``k``, as in the paper
+        temperature (1.0): tau in ``exp(-d / tau)``; 1 is the paper
+        batch_size (64): batch size of the models
+        overwrite (False): whether to replace an existing run with this key
+        progress (None): whether to render progress bars (True/False), use
+            FiftyOne's default (None), or a callback taking a progress bar
+
+    Returns:
+        a :class:`gmv_plugin.runs.GMValuationResults`
+    """
+    valuation = init_valuation(
+        train_view,
+        generated_view,
+        key=key,
+        model=model,
+        embeddings_field=embeddings_field,
+        index=index,
+        index_params=index_params,
+        rerank=rerank,
+        rerank_params=rerank_params,
+        quality=quality,
+        quality_params=quality_params,
+        k=k,
+        recall_k=recall_k,
+        temperature=temperature,
+        batch_size=batch_size,
+        overwrite=overwrite,
+    )
+    return valuation.run(progress=progress)
+
+
+def init_valuation(
+    train_view,
+    generated_view,
+    key="gmv",
+    model=gmve.DEFAULT_MODEL,
+    embeddings_field=None,
+    index="auto",
+    index_params=None,
+    rerank="none",
+    rerank_params=None,
+    quality="none",
+    quality_params=None,
+    k=50,
+    recall_k=None,
+    temperature=1.0,
+    batch_size=64,
+    overwrite=False,
+):
+    """Validates the inputs and registers a run, without computing anything.
+
+    Takes the arguments of :func:`compute_values` and returns a
+    :class:`Valuation` whose stages can be run one by one.
+    """
+    dataset = train_view._root_dataset
+    _validate_views(train_view, generated_view)
+    _validate_key(dataset, key, overwrite)
+
+    n_train = len(train_view)
+    k = _validate_int("k", k, 1, n_train, "the number of training samples")
+    recall_k = k if recall_k is None else recall_k
+    recall_k = _validate_int("recall_k", recall_k, k, n_train, "the number of training samples")
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError("temperature must be a number > 0; got %r" % (temperature,))
+    gmvi.resolve_index_type(index, n_train)
+    gmvi.check_params(index_params)
+
+    if isinstance(model, str) and model not in gmve.BUILTIN_MODELS:
+        gmve.resolve_model(model)  # fails fast on unknown names, missing weights
+    reranker = gmvr.get_reranker(rerank, **(rerank_params or {}))
+    if reranker is not None:
+        reranker.check()
+    scorer = gmvq.get_quality(quality, **(quality_params or {}))
+    if isinstance(scorer, gmvq.QualityScorer):
+        scorer.check()
+
+    _check_files(train_view, "training")
+    _check_files(generated_view, "generated")
+
+    config = gmvruns.GMValuationConfig(
+        train_view=json.dumps(train_view._serialize()),
+        generated_view=json.dumps(generated_view._serialize()),
+        model=gmve.model_config(model),
+        embeddings_field=embeddings_field,
+        index=index,
+        index_params=dict(index_params or {}),
+        rerank=reranker.config() if reranker is not None else {"name": "none"},
+        quality=_quality_config(scorer),
+        k=k,
+        recall_k=recall_k,
+        temperature=float(temperature),
+        batch_size=int(batch_size),
+    )
+    dataset.register_run(key, config, overwrite=overwrite, cleanup=False)
+    return Valuation(dataset, key, model=model, reranker=reranker, scorer=scorer)
+
+
+def load_valuation(samples, key, **updates):
+    """Loads run ``key`` for running stages, applying config ``updates``
+    (e.g. ``rerank="l2"``) with the same validation as :func:`init_valuation`.
+    """
+    dataset = samples._root_dataset
+    config = gmvruns.get_run_config(dataset, key)
+    params = {
+        "model": _model_from_config(config.model),
+        "embeddings_field": config.embeddings_field,
+        "index": config.index,
+        "index_params": config.index_params,
+        "rerank": config.rerank["name"],
+        "rerank_params": {k: v for k, v in config.rerank.items() if k != "name"},
+        "quality": config.quality["name"],
+        "quality_params": {k: v for k, v in config.quality.items() if k != "name"},
+        "k": config.k,
+        "recall_k": config.recall_k,
+        "temperature": config.temperature,
+        "batch_size": config.batch_size,
+    }
+    unknown = set(updates) - set(params)
+    if unknown:
+        raise ValueError("Unknown parameters %s; allowed are %s" % (sorted(unknown), sorted(params)))
+    if "rerank" in updates and "rerank_params" not in updates:
+        params["rerank_params"] = {}
+    if "quality" in updates and "quality_params" not in updates:
+        params["quality_params"] = {}
+    params.update(updates)
+    train_view = gmvruns._load_view(dataset, config.train_view)
+    generated_view = gmvruns._load_view(dataset, config.generated_view)
+    return init_valuation(train_view, generated_view, key=key, overwrite=True, **params)
+
+
+def _model_from_config(cfg):
+    if cfg.get("name") == "pixels":
+        return gmve.PixelEmbedder(size=cfg.get("size", 32), mode=cfg.get("mode", "RGB"))
+    return cfg.get("name")
+
+
+def _quality_config(scorer):
+    if scorer is None:
+        return {"name": "none"}
+    if scorer == "realism":
+        return {"name": "realism", "k": REALISM_K}
+    return scorer.config()
+
+
+def _validate_views(train_view, generated_view):
+    if train_view._root_dataset is not generated_view._root_dataset:
+        raise ValueError(
+            "train_view and generated_view must come from the same dataset; got "
+            "%r and %r" % (train_view._root_dataset.name, generated_view._root_dataset.name)
+        )
+    if len(train_view) == 0:
+        raise ValueError("train_view is empty")
+    if len(generated_view) == 0:
+        raise ValueError("generated_view is empty")
+    overlap = set(train_view.values("id")) & set(generated_view.values("id"))
+    if overlap:
+        raise ValueError(
+            "%d samples are in both train_view and generated_view, e.g. %s"
+            % (len(overlap), sorted(overlap)[:3])
+        )
+
+
+def _validate_key(dataset, key, overwrite):
+    if not isinstance(key, str) or not key.isidentifier():
+        raise ValueError("key must be a valid Python identifier; got %r" % (key,))
+    if key in dataset.list_runs():
+        if key not in gmvruns.list_runs(dataset):
+            raise ValueError("Run key %r is used by a run of another kind" % key)
+        if not overwrite:
+            raise ValueError(
+                "A GMValuator run with key %r already exists on dataset %r; "
+                "pass overwrite=True or choose another key" % (key, dataset.name)
+            )
+
+
+def _validate_int(name, value, low, high, high_name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError("%s must be an integer; got %r" % (name, value))
+    if value < low or value > high:
+        raise ValueError(
+            "%s=%d must be between %d and %s (%d)" % (name, value, low, high_name, high)
+        )
+    return int(value)
+
+
+def _check_files(view, what):
+    missing = [p for p in view.values("filepath") if not os.path.isfile(p)]
+    if missing:
+        raise ImageReadError(
+            "%d %s image files are missing, e.g. %s" % (len(missing), what, missing[:5])
+        )
+
+
+def _digest(obj):
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Valuation(object):
+    """A registered run whose stages can be computed one at a time.
+
+    Each stage stores its outputs in the run directory together with a
+    fingerprint of its parameters and inputs; :meth:`run` skips stages whose
+    fingerprint is unchanged.
+    """
+
+    def __init__(self, dataset, key, model=None, reranker=None, scorer=None):
+        self.dataset = dataset
+        self.key = key
+        self.config = gmvruns.get_run_config(dataset, key)
+        self.dir = gmvruns.run_dir(dataset, key)
+        os.makedirs(self.dir, exist_ok=True)
+        self._model = model
+        self.reranker = reranker
+        self.scorer = scorer
+        self.train_view = gmvruns._load_view(dataset, self.config.train_view)
+        self.generated_view = gmvruns._load_view(dataset, self.config.generated_view)
+        self._state_path = os.path.join(self.dir, "state.json")
+        self.state = self._read_state()
+
+    # state -----------------------------------------------------------------
+
+    def _read_state(self):
+        if os.path.isfile(self._state_path):
+            with open(self._state_path) as f:
+                return json.load(f)
+        return {}
+
+    def _write_state(self):
+        tmp = self._state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.state, f, indent=1)
+        os.replace(tmp, self._state_path)
+
+    def _path(self, name):
+        return os.path.join(self.dir, name)
+
+    def _fingerprints(self):
+        c = self.config
+        train_ids = _digest(self.train_view.values("id"))
+        gen_ids = _digest(self.generated_view.values("id"))
+        fp = {}
+        emb = {"model": c.model, "embeddings_field": c.embeddings_field}
+        fp["embed_train"] = _digest([emb, train_ids])
+        fp["embed_generated"] = _digest([emb, gen_ids])
+        fp["index"] = _digest([fp["embed_train"], c.index, c.index_params])
+        fp["recall"] = _digest([fp["index"], fp["embed_generated"], c.recall_k])
+        fp["rerank"] = _digest([fp["recall"], c.rerank, c.k])
+        fp["quality"] = _digest([fp["rerank"] if c.quality["name"] == "realism" else fp["embed_generated"], c.quality])
+        fp["values"] = _digest([fp["rerank"], fp["quality"], c.temperature])
+        return fp
+
+    def is_fresh(self, stage):
+        """Whether ``stage``'s stored outputs match the current inputs."""
+        fps = self._fingerprints()
+        names = {"embed": ("embed_train", "embed_generated")}.get(stage, (stage,))
+        return all(self.state.get(n, {}).get("fingerprint") == fps[n] for n in names)
+
+    def _done(self, name, fingerprint, seconds, **info):
+        self.state[name] = dict(fingerprint=fingerprint, seconds=seconds, **info)
+        self._write_state()
+
+    # running ---------------------------------------------------------------
+
+    def run(self, stages=None, force=False, progress=None):
+        """Runs ``stages`` (default: all, in order), skipping fresh ones unless
+        ``force``, and returns the run's results."""
+        stages = STAGES if stages is None else stages
+        for stage in stages:
+            if stage not in STAGES:
+                raise ValueError("Unknown stage %r; allowed are %s" % (stage, STAGES))
+        reused = []
+        for stage in stages:
+            if not force and self.is_fresh(stage) and stage != "values":
+                logger.info("Reusing %s stage of run %r", stage, self.key)
+                reused.append(stage)
+                continue
+            getattr(self, "_stage_" + stage)(progress=progress)
+        return self._save_results(reused)
+
+    def _require(self, stage):
+        if not self.is_fresh(stage):
+            raise ValueError(
+                "Stage %r of run %r is missing or out of date; run it first "
+                "(stages in order: %s)" % (stage, self.key, STAGES)
+            )
+
+    def _timed(self, names, fn, progress):
+        fps = self._fingerprints()
+        start = time.perf_counter()
+        info = fn(progress) or {}
+        seconds = time.perf_counter() - start
+        for n in names:
+            self._done(n, fps[n], seconds / len(names), **info)
+
+    def _stage_embed(self, progress=None):
+        model = None
+        if self._model is not None and not (
+            self.config.embeddings_field and self._field_complete()
+        ):
+            model = gmve.resolve_model(self._model)
+        fps = self._fingerprints()
+        for name, view in (("embed_train", self.train_view), ("embed_generated", self.generated_view)):
+            if self.state.get(name, {}).get("fingerprint") == fps[name]:
+                continue
+            start = time.perf_counter()
+            ids, _ = gmve.embed_to_file(
+                view, self._path(name + ".npy"), model=model,
+                embeddings_field=self.config.embeddings_field,
+                batch_size=self.config.batch_size, progress=progress,
+            )
+            np.save(self._path(name + "_ids.npy"), np.array(ids))
+            self._done(name, fps[name], time.perf_counter() - start, count=len(ids))
+
+    def _field_complete(self):
+        field = self.config.embeddings_field
+        for view in (self.train_view, self.generated_view):
+            if not view.has_field(field) or view.exists(field, False).count():
+                return False
+        return True
+
+    def _embeddings(self, which):
+        return np.load(self._path("embed_%s.npy" % which), mmap_mode="r")
+
+    def _ids(self, which):
+        return np.load(self._path("embed_%s_ids.npy" % which))
+
+    def _index_params(self):
+        emb = self._embeddings("train")
+        itype = gmvi.resolve_index_type(self.config.index, emb.shape[0])
+        return itype, gmvi.default_params(itype, emb.shape[0], emb.shape[1], self.config.index_params)
+
+    def _stage_index(self, progress=None):
+        self._require("embed")
+
+        def build(progress):
+            emb = self._embeddings("train")
+            itype, params = self._index_params()
+            index = gmvi.build_index(emb, itype, params, progress=progress)
+            gmvi.save_index(index, self._path("index.faiss"))
+            return {"index_type": itype, "index_params": params}
+
+        self._timed(["index"], build, progress)
+
+    def _stage_recall(self, progress=None):
+        self._require("index")
+
+        def recall(progress):
+            index = gmvi.load_index(self._path("index.faiss"))
+            _, params = self._index_params()
+            dists, idx = gmvi.search(index, self._embeddings("generated"), self.config.recall_k, params)
+            np.savez(self._path("recall.npz"), dists=dists, idx=idx)
+
+        self._timed(["recall"], recall, progress)
+
+    def _stage_rerank(self, progress=None):
+        self._require("recall")
+
+        def rerank(progress):
+            rec = np.load(self._path("recall.npz"))
+            dists, idx = rec["dists"], rec["idx"]
+            k = self.config.k
+            if self.reranker is not None:
+                dists = self._rerank(idx, progress)
+            order = np.argsort(dists, axis=1, kind="stable")[:, :k]
+            np.savez(
+                self._path("rerank.npz"),
+                dists=np.take_along_axis(dists, order, axis=1),
+                idx=np.take_along_axis(idx, order, axis=1),
+            )
+
+        self._timed(["rerank"], rerank, progress)
+
+    def _rerank(self, idx, progress, chunk=256):
+        train_paths = np.array(self.train_view.values("filepath"), dtype=object)
+        gen_paths = self.generated_view.values("filepath")
+        out = np.empty(idx.shape, dtype=np.float32)
+        with fou.ProgressBar(total=len(idx), progress=progress) as pb:
+            for s in range(0, len(idx), chunk):
+                rows = idx[s : s + chunk]
+                out[s : s + len(rows)] = self.reranker.distances(
+                    gen_paths[s : s + len(rows)], train_paths[rows].tolist()
+                )
+                pb.update(len(rows))
+        return out
+
+    def _stage_quality(self, progress=None):
+        self._require("embed")
+
+        def score(progress):
+            name = self.config.quality["name"]
+            n = len(self._ids("generated"))
+            if name == "none":
+                q = np.ones(n, dtype=np.float32)
+            elif name == "realism":
+                self._require("recall")
+                q = self._realism()
+            else:
+                q = self._pyiqa_scores(progress)
+            np.save(self._path("quality.npy"), q)
+            return {"summary": _summary(q)}
+
+        self._timed(["quality"], score, progress)
+
+    def _realism(self):
+        index = gmvi.load_index(self._path("index.faiss"))
+        _, params = self._index_params()
+        rec = np.load(self._path("recall.npz"))
+        idx = rec["idx"]
+        emb = self._embeddings("train")
+        rows = np.unique(idx)
+        radii, _ = gmvi.search(index, emb[rows], min(REALISM_K + 1, emb.shape[0]), params)
+        lookup = np.zeros(emb.shape[0], dtype=np.float32)
+        lookup[rows] = radii[:, -1]
+        return gmvq.realism_scores(rec["dists"], lookup[idx])
+
+    def _pyiqa_scores(self, progress, chunk=256):
+        paths = self.generated_view.values("filepath")
+        out = np.empty(len(paths), dtype=np.float32)
+        with fou.ProgressBar(total=len(paths), progress=progress) as pb:
+            for s in range(0, len(paths), chunk):
+                out[s : s + chunk] = self.scorer.scores(paths[s : s + chunk])
+                pb.update(len(paths[s : s + chunk]))
+        return np.maximum(out, 0)
+
+    def _stage_values(self, progress=None):
+        self._require("rerank")
+        self._require("quality")
+
+        def assign(progress):
+            rr = np.load(self._path("rerank.npz"))
+            dists, idx = rr["dists"], rr["idx"]
+            q = np.load(self._path("quality.npy"))
+            scores = contribution_scores(dists, q, self.config.temperature)
+            train_ids = self._ids("train")
+            values, hits = accumulate_values(idx, scores, len(train_ids))
+            self._write_fields(train_ids, self._ids("generated"), idx, dists, scores, q, values, hits, progress)
+            return {"num_contributing": int((hits > 0).sum())}
+
+        self._timed(["values"], assign, progress)
+
+    def _write_fields(self, train_ids, gen_ids, idx, dists, scores, q, values, hits, progress):
+        key = self.key
+        old = gmvruns._existing_fields(self.dataset, key)
+        if old:
+            self.dataset.delete_sample_fields(old)
+        gen_columns = {
+            "contributors": lambda sl: train_ids[idx[sl]].tolist(),
+            "distances": lambda sl: dists[sl].astype(float).tolist(),
+            "scores": lambda sl: scores[sl].tolist(),
+            "quality": lambda sl: q[sl].astype(float).tolist(),
+        }
+        train_columns = {
+            "value": lambda sl: values[sl].tolist(),
+            "hits": lambda sl: hits[sl].tolist(),
+        }
+        chunk = 50_000
+        with fou.ProgressBar(total=len(gen_ids) + len(train_ids), progress=progress) as pb:
+            for ids_all, columns in ((gen_ids, gen_columns), (train_ids, train_columns)):
+                for s in range(0, len(ids_all), chunk):
+                    ids = ids_all[s : s + chunk].tolist()
+                    sl = slice(s, s + len(ids))
+                    for suffix, column in columns.items():
+                        self.dataset.set_values(
+                            "%s_%s" % (key, suffix), dict(zip(ids, column(sl))),
+                            key_field="id", progress=False,
+                        )
+                    pb.update(len(ids))
+
+    def _save_results(self, reused):
+        timings = {}
+        for stage in STAGES:
+            names = {"embed": ("embed_train", "embed_generated")}.get(stage, (stage,))
+            timings[stage] = float(sum(self.state.get(n, {}).get("seconds", 0.0) for n in names))
+        index_info = self.state.get("index", {})
+        results = gmvruns.GMValuationResults(
+            self.dataset,
+            self.config,
+            self.key,
+            timings=timings,
+            reused=reused,
+            num_train=len(self.train_view),
+            num_generated=len(self.generated_view),
+            index_type=index_info.get("index_type"),
+            index_params=index_info.get("index_params"),
+            quality_summary=self.state.get("quality", {}).get("summary"),
+            run_dir=self.dir,
+        )
+        self.dataset.save_run_results(self.key, results, overwrite=True, cache=False)
+        return results
+
+
+def _summary(x):
+    x = np.asarray(x, dtype=np.float64)
+    return {"min": float(x.min()), "mean": float(x.mean()), "max": float(x.max())}
+
+
+def _stage_function(stage, doc):
+    def fn(samples, key="gmv", progress=None, **updates):
+        valuation = load_valuation(samples, key, **updates)
+        return valuation.run(stages=[stage], force=True, progress=progress)
+
+    fn.__name__ = doc[0]
+    fn.__doc__ = doc[1]
+    return fn
+
+
+compute_embeddings = _stage_function("embed", ("compute_embeddings", "Embeds the training and generated samples of run ``key``."))
+build_index = _stage_function("index", ("build_index", "Builds the recall index of run ``key`` over its training embeddings."))
+recall_contributors = _stage_function("recall", ("recall_contributors", "Recalls ``recall_k`` candidates per generated sample of run ``key``."))
+rerank_contributors = _stage_function("rerank", ("rerank_contributors", "Re-ranks the candidates of run ``key`` and keeps the top ``k``."))
+score_quality = _stage_function("quality", ("score_quality", "Scores the quality of the generated samples of run ``key``."))
+assign_values = _stage_function("values", ("assign_values", "Computes Eq. 3/4 for run ``key`` and writes its fields."))

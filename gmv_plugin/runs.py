@@ -1,0 +1,166 @@
+"""GMValuator runs: FiftyOne custom runs with config, results and cleanup.
+
+Each valuation is registered on its dataset like a Brain run, so
+``dataset.list_runs()``, ``get_run_info()``, ``load_run_results()``,
+``rename_run()`` and ``delete_run()`` all work; renaming renames the run's
+fields and files, deleting removes them.
+"""
+
+import json
+import os
+import shutil
+
+import fiftyone as fo
+import fiftyone.core.runs as foruns
+
+METHOD = "gmvaluator"
+TRAIN_FIELDS = ("value", "hits")
+GENERATED_FIELDS = ("contributors", "distances", "scores", "quality")
+
+
+def runs_root():
+    """Where run files (embeddings, indexes) live: ``$GMV_RUNS_DIR`` or
+    ``~/.fiftyone/gmv``."""
+    return os.environ.get("GMV_RUNS_DIR") or os.path.join(
+        os.path.expanduser("~"), ".fiftyone", "gmv"
+    )
+
+
+def run_dir(dataset, key):
+    """The directory holding the files of run ``key`` on ``dataset``."""
+    dataset = dataset._root_dataset
+    return os.path.join(runs_root(), str(dataset._doc.id), key)
+
+
+def field_names(key):
+    """The fields a run writes: ``{"train": [...], "generated": [...]}``."""
+    return {
+        "train": ["%s_%s" % (key, s) for s in TRAIN_FIELDS],
+        "generated": ["%s_%s" % (key, s) for s in GENERATED_FIELDS],
+    }
+
+
+def _existing_fields(dataset, key):
+    names = field_names(key)
+    return [f for f in names["train"] + names["generated"] if dataset.has_field(f)]
+
+
+class GMValuationConfig(foruns.RunConfig):
+    """Configuration of a GMValuator run; see :func:`gmv_plugin.compute_values`
+    for the parameters."""
+
+    def __init__(self, **kwargs):
+        kwargs["method"] = METHOD
+        super().__init__(**kwargs)
+
+
+class GMValuation(foruns.Run):
+    """A GMValuator run; knows its fields and files."""
+
+    def get_fields(self, samples, key):
+        return _existing_fields(samples._root_dataset, key)
+
+    def rename(self, samples, key, new_key):
+        dataset = samples._root_dataset
+        for field in _existing_fields(dataset, key):
+            dataset.rename_sample_field(field, new_key + field[len(key):])
+        old, new = run_dir(dataset, key), run_dir(dataset, new_key)
+        if os.path.isdir(old):
+            if os.path.isdir(new):
+                shutil.rmtree(new)
+            os.rename(old, new)
+
+    def cleanup(self, samples, key):
+        dataset = samples._root_dataset
+        fields = _existing_fields(dataset, key)
+        if fields:
+            dataset.delete_sample_fields(fields)
+        shutil.rmtree(run_dir(dataset, key), ignore_errors=True)
+
+
+class GMValuationResults(foruns.RunResults):
+    """Results of a GMValuator run.
+
+    Attributes (as stored): ``timings`` (seconds per stage), ``reused`` (stages
+    loaded from an earlier computation), ``num_train``, ``num_generated``,
+    ``index_type``, ``index_params``, ``quality_summary``.
+    """
+
+    @property
+    def value_field(self):
+        return "%s_value" % self.key
+
+    @property
+    def hits_field(self):
+        return "%s_hits" % self.key
+
+    def train_view(self):
+        """The training samples of the run."""
+        return _load_view(self.samples, self.config.train_view)
+
+    def generated_view(self):
+        """The generated samples that have been valued."""
+        return self.samples._root_dataset.exists("%s_contributors" % self.key)
+
+    def sorted_view(self, reverse=True):
+        """Training samples sorted by value, most valuable first."""
+        return self.train_view().sort_by(self.value_field, reverse=reverse)
+
+    def top(self, n=10):
+        """The ``n`` most valuable training samples."""
+        return self.sorted_view(reverse=True).limit(n)
+
+    def bottom(self, n=10):
+        """The ``n`` least valuable training samples."""
+        return self.sorted_view(reverse=False).limit(n)
+
+    def values(self):
+        """A dict mapping training sample ids to values."""
+        ids, vals = self.train_view().values(["id", self.value_field])
+        return dict(zip(ids, vals))
+
+
+def _load_view(samples, stages):
+    """Rebuilds a view from its serialized stages (a JSON string, as stored
+    in run configs: raw stage dicts would be taken for documents)."""
+    dataset = samples._root_dataset
+    if isinstance(stages, str):
+        stages = json.loads(stages)
+    return fo.DatasetView._build(dataset, stages or [])
+
+
+def list_runs(samples):
+    """The keys of the GMValuator runs on ``samples``' dataset."""
+    return samples._root_dataset.list_runs(method=METHOD)
+
+
+def get_run_config(samples, key):
+    """The :class:`GMValuationConfig` of run ``key``; ValueError if absent."""
+    dataset = samples._root_dataset
+    keys = list_runs(dataset)
+    if key not in keys:
+        raise ValueError(
+            "No GMValuator run with key %r on dataset %r; existing runs: %s"
+            % (key, dataset.name, keys)
+        )
+    return dataset.get_run_info(key).config
+
+
+def load_results(samples, key):
+    """Loads the :class:`GMValuationResults` of run ``key``."""
+    get_run_config(samples, key)
+    return samples._root_dataset.load_run_results(key, cache=False)
+
+
+def rename_run(samples, key, new_key):
+    """Renames run ``key`` to ``new_key``, with its fields and files."""
+    get_run_config(samples, key)
+    if not isinstance(new_key, str) or not new_key.isidentifier():
+        raise ValueError("Run keys must be valid identifiers; got %r" % new_key)
+    samples._root_dataset.rename_run(key, new_key)
+
+
+def delete_run(samples, key):
+    """Deletes run ``key`` with its fields and files."""
+    get_run_config(samples, key)
+    samples._root_dataset.delete_run(key)
