@@ -31,6 +31,7 @@ from gmv_plugin.pipeline import (
     recall_contributors,
     rerank_contributors,
     score_quality,
+    update_values,
 )
 from gmv_plugin.quality import QualityScorer
 from gmv_plugin.rerank import RERANKERS, L2Reranker, Reranker

@@ -123,6 +123,7 @@ def init_valuation(
     temperature=1.0,
     batch_size=64,
     overwrite=False,
+    _generated_added=None,
 ):
     """Validates the inputs and registers a run, without computing anything.
 
@@ -167,6 +168,7 @@ def init_valuation(
         recall_k=recall_k,
         temperature=float(temperature),
         batch_size=int(batch_size),
+        generated_added=list(_generated_added or []),
     )
     dataset.register_run(key, config, overwrite=overwrite, cleanup=False)
     return Valuation(dataset, key, model=model, reranker=reranker, scorer=scorer)
@@ -202,7 +204,10 @@ def load_valuation(samples, key, **updates):
     params.update(updates)
     train_view = gmvruns._load_view(dataset, config.train_view)
     generated_view = gmvruns._load_view(dataset, config.generated_view)
-    return init_valuation(train_view, generated_view, key=key, overwrite=True, **params)
+    return init_valuation(
+        train_view, generated_view, key=key, overwrite=True,
+        _generated_added=getattr(config, "generated_added", None), **params
+    )
 
 
 def _model_from_config(cfg):
@@ -290,7 +295,7 @@ class Valuation(object):
         self.reranker = reranker
         self.scorer = scorer
         self.train_view = gmvruns._load_view(dataset, self.config.train_view)
-        self.generated_view = gmvruns._load_view(dataset, self.config.generated_view)
+        self.generated_view = gmvruns.generated_view(dataset, self.config)
         self._state_path = os.path.join(self.dir, "state.json")
         self.state = self._read_state()
 
@@ -422,9 +427,7 @@ class Valuation(object):
         self._require("index")
 
         def recall(progress):
-            index = gmvi.load_index(self._path("index.faiss"))
-            _, params = self._index_params()
-            dists, idx = gmvi.search(index, self._embeddings("generated"), self.config.recall_k, params)
+            dists, idx = self._recall(self._embeddings("generated"))
             np.savez(self._path("recall.npz"), dists=dists, idx=idx)
 
         self._timed(["recall"], recall, progress)
@@ -434,70 +437,139 @@ class Valuation(object):
 
         def rerank(progress):
             rec = np.load(self._path("recall.npz"))
-            dists, idx = rec["dists"], rec["idx"]
-            k = self.config.k
-            if self.reranker is not None:
-                dists = self._rerank(idx, progress)
-            order = np.argsort(dists, axis=1, kind="stable")[:, :k]
-            np.savez(
-                self._path("rerank.npz"),
-                dists=np.take_along_axis(dists, order, axis=1),
-                idx=np.take_along_axis(idx, order, axis=1),
-            )
+            gen_paths = self.generated_view.values("filepath")
+            dists, idx = self._rerank(rec["dists"], rec["idx"], gen_paths, progress)
+            np.savez(self._path("rerank.npz"), dists=dists, idx=idx)
 
         self._timed(["rerank"], rerank, progress)
 
-    def _rerank(self, idx, progress, chunk=256):
-        train_paths = np.array(self.train_view.values("filepath"), dtype=object)
-        gen_paths = self.generated_view.values("filepath")
-        out = np.empty(idx.shape, dtype=np.float32)
-        with fou.ProgressBar(total=len(idx), progress=progress) as pb:
-            for s in range(0, len(idx), chunk):
-                rows = idx[s : s + chunk]
-                out[s : s + len(rows)] = self.reranker.distances(
-                    gen_paths[s : s + len(rows)], train_paths[rows].tolist()
-                )
-                pb.update(len(rows))
-        return out
-
     def _stage_quality(self, progress=None):
         self._require("embed")
+        if self.config.quality["name"] == "realism":
+            self._require("recall")
 
         def score(progress):
-            name = self.config.quality["name"]
-            n = len(self._ids("generated"))
-            if name == "none":
-                q = np.ones(n, dtype=np.float32)
-            elif name == "realism":
-                self._require("recall")
-                q = self._realism()
-            else:
-                q = self._pyiqa_scores(progress)
+            rec = None
+            if self.config.quality["name"] == "realism":
+                rec = np.load(self._path("recall.npz"))
+            gen_paths = self.generated_view.values("filepath")
+            q = self._quality(gen_paths, rec, progress)
             np.save(self._path("quality.npy"), q)
             return {"summary": _summary(q)}
 
         self._timed(["quality"], score, progress)
 
-    def _realism(self):
+    # array-level steps, shared by the stages and by incremental updates -----
+
+    def _recall(self, gen_emb):
         index = gmvi.load_index(self._path("index.faiss"))
         _, params = self._index_params()
-        rec = np.load(self._path("recall.npz"))
-        idx = rec["idx"]
+        return gmvi.search(index, gen_emb, self.config.recall_k, params)
+
+    def _rerank(self, dists, idx, gen_paths, progress, chunk=256):
+        """Re-ranks recalled candidates and keeps the best ``k`` per row."""
+        if self.reranker is not None:
+            train_paths = np.array(self.train_view.values("filepath"), dtype=object)
+            dists = np.empty(idx.shape, dtype=np.float32)
+            with fou.ProgressBar(total=len(idx), progress=progress) as pb:
+                for s in range(0, len(idx), chunk):
+                    rows = idx[s : s + chunk]
+                    dists[s : s + len(rows)] = self.reranker.distances(
+                        gen_paths[s : s + len(rows)], train_paths[rows].tolist()
+                    )
+                    pb.update(len(rows))
+        order = np.argsort(dists, axis=1, kind="stable")[:, : self.config.k]
+        return np.take_along_axis(dists, order, axis=1), np.take_along_axis(idx, order, axis=1)
+
+    def _quality(self, gen_paths, rec, progress, chunk=256):
+        name = self.config.quality["name"]
+        if name == "none":
+            return np.ones(len(gen_paths), dtype=np.float32)
+        if name == "realism":
+            return self._realism(rec["dists"], rec["idx"])
+        out = np.empty(len(gen_paths), dtype=np.float32)
+        with fou.ProgressBar(total=len(gen_paths), progress=progress) as pb:
+            for s in range(0, len(gen_paths), chunk):
+                batch = gen_paths[s : s + chunk]
+                out[s : s + len(batch)] = self.scorer.scores(batch)
+                pb.update(len(batch))
+        return np.maximum(out, 0)
+
+    def _realism(self, dists, idx):
+        """Realism from the recalled candidates' k-NN radii (see
+        :func:`gmv_plugin.quality.realism_scores`)."""
+        index = gmvi.load_index(self._path("index.faiss"))
+        _, params = self._index_params()
         emb = self._embeddings("train")
         rows = np.unique(idx)
-        radii, _ = gmvi.search(index, emb[rows], min(REALISM_K + 1, emb.shape[0]), params)
+        k = min(REALISM_K + 1, emb.shape[0])
+        radii, _ = gmvi.search(index, emb[rows], k, params)
         lookup = np.zeros(emb.shape[0], dtype=np.float32)
         lookup[rows] = radii[:, -1]
-        return gmvq.realism_scores(rec["dists"], lookup[idx])
+        return gmvq.realism_scores(dists, lookup[idx])
 
-    def _pyiqa_scores(self, progress, chunk=256):
-        paths = self.generated_view.values("filepath")
-        out = np.empty(len(paths), dtype=np.float32)
-        with fou.ProgressBar(total=len(paths), progress=progress) as pb:
-            for s in range(0, len(paths), chunk):
-                out[s : s + chunk] = self.scorer.scores(paths[s : s + chunk])
-                pb.update(len(paths[s : s + chunk]))
-        return np.maximum(out, 0)
+    def update(self, generated_view, progress=None):
+        """Adds the samples of ``generated_view`` that the run has not valued
+        yet: embeds, recalls, re-ranks and scores only those, then recomputes
+        the values from all generated samples (Eq. 3 is a sum over them, so
+        the result equals a full recomputation)."""
+        for stage in STAGES[:-1]:
+            self._require(stage)
+        if generated_view._root_dataset is not self.dataset:
+            raise ValueError("generated_view must come from dataset %r" % self.dataset.name)
+        known = set(self._ids("generated").tolist())
+        new = generated_view.exclude(list(known)) if known else generated_view
+        if len(new) == 0:
+            return self._save_results(reused=list(STAGES[:-1]))
+        _validate_views(self.train_view, new)
+        _check_files(new, "generated")
+        start = time.perf_counter()
+        model = None if self._model is None else gmve.resolve_model(self._model)
+        tmp = self._path("embed_new.npy")
+        new_ids, new_emb = gmve.embed_to_file(
+            new, tmp, model=model, embeddings_field=self.config.embeddings_field,
+            batch_size=self.config.batch_size, progress=progress,
+        )
+        t_embed = time.perf_counter() - start
+        new_paths = new.values("filepath")
+        t = time.perf_counter()
+        r_dists, r_idx = self._recall(new_emb)
+        t_recall = time.perf_counter() - t
+        t = time.perf_counter()
+        k_dists, k_idx = self._rerank(r_dists, r_idx, new_paths, progress)
+        t_rerank = time.perf_counter() - t
+        t = time.perf_counter()
+        q = self._quality(new_paths, {"dists": r_dists, "idx": r_idx}, progress)
+        t_quality = time.perf_counter() - t
+
+        def append_npz(name, dists, idx):
+            old = np.load(self._path(name))
+            np.savez(self._path(name), dists=np.concatenate([old["dists"], dists]),
+                     idx=np.concatenate([old["idx"], idx]))
+
+        gen_emb = np.concatenate([self._embeddings("generated"), new_emb])
+        del new_emb
+        np.save(self._path("embed_generated.npy"), gen_emb)
+        os.remove(tmp)
+        np.save(self._path("embed_generated_ids.npy"),
+                np.concatenate([self._ids("generated"), np.array(new_ids)]))
+        append_npz("recall.npz", r_dists, r_idx)
+        append_npz("rerank.npz", k_dists, k_idx)
+        np.save(self._path("quality.npy"), np.concatenate([np.load(self._path("quality.npy")), q]))
+
+        added = list(getattr(self.config, "generated_added", None) or [])
+        added.append(json.dumps(new._serialize()))
+        self.config.generated_added = added
+        self.dataset.update_run_config(self.key, self.config)
+        self.generated_view = gmvruns.generated_view(self.dataset, self.config)
+        fps = self._fingerprints()
+        for name, extra in (("embed_generated", t_embed), ("recall", t_recall), ("rerank", t_rerank), ("quality", t_quality)):
+            info = dict(self.state.get(name, {}))
+            info["fingerprint"] = fps[name]
+            info["seconds"] = info.get("seconds", 0.0) + extra
+            self.state[name] = info
+        self._write_state()
+        return self.run(stages=["values"], progress=progress)
 
     def _stage_values(self, progress=None):
         self._require("rerank")
@@ -556,7 +628,7 @@ class Valuation(object):
             timings=timings,
             reused=reused,
             num_train=len(self.train_view),
-            num_generated=len(self.generated_view),
+            num_generated=int(len(self._ids("generated"))),
             index_type=index_info.get("index_type"),
             index_params=index_info.get("index_params"),
             quality_summary=self.state.get("quality", {}).get("summary"),
@@ -569,6 +641,20 @@ class Valuation(object):
 def _summary(x):
     x = np.asarray(x, dtype=np.float64)
     return {"min": float(x.min()), "mean": float(x.mean()), "max": float(x.max())}
+
+
+def update_values(samples, key, generated_view, progress=None):
+    """Values the new samples of ``generated_view`` under existing run ``key``.
+
+    Only the generated samples not yet valued by the run are embedded,
+    recalled, re-ranked and scored; the embeddings and index of the training
+    set are reused. Training values are then recomputed from all generated
+    samples, equal to a full recomputation on the union.
+
+    Returns:
+        the run's :class:`gmv_plugin.runs.GMValuationResults`
+    """
+    return load_valuation(samples, key).update(generated_view, progress=progress)
 
 
 def _stage_function(stage, doc):

@@ -129,6 +129,19 @@ def _load_view(samples, stages):
     return fo.DatasetView._build(dataset, stages or [])
 
 
+def generated_view(samples, config):
+    """The generated samples of a run: its generated view, plus the samples
+    added later by :func:`gmv_plugin.update_values`, in valuation order."""
+    view = _load_view(samples, config.generated_view)
+    added = getattr(config, "generated_added", None) or []
+    if not added:
+        return view
+    ids = view.values("id")
+    for stages in added:
+        ids.extend(_load_view(samples, stages).values("id"))
+    return samples._root_dataset.select(ids, ordered=True)
+
+
 def list_runs(samples):
     """The keys of the GMValuator runs on ``samples``' dataset."""
     return samples._root_dataset.list_runs(method=METHOD)
