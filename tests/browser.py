@@ -40,7 +40,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("GMV_CHROMIUM", "/usr/bin/chromium")  # Debian's package
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
