@@ -3,9 +3,12 @@
 Follows shared/guides/app-browser-testing.md. Under pytest, ``tests/`` is on
 ``sys.path``, so a test module uses the fixtures like this::
 
+    import browser
     import pytest
-    from browser import app_url, page, wait_for_grid  # noqa: F401 (fixtures)
+    from browser import wait_for_grid
 
+    app_url = browser.app_url  # fixtures, made visible to this module
+    page = browser.page
     pytestmark = pytest.mark.browser
 
     def test_it(app_url, page):
@@ -15,6 +18,7 @@ Follows shared/guides/app-browser-testing.md. Under pytest, ``tests/`` is on
 ``app_url`` serves the App against the test session's own database (the one
 ``tests/conftest.py`` set up), so datasets made in the test are visible in the
 App, and with the session's ``FIFTYONE_PLUGINS_DIR`` (this checkout as ``gmv``).
+Screenshots and the App server's log go to ``test-artifacts/`` (gitignored).
 """
 
 from __future__ import annotations
@@ -142,10 +146,9 @@ def mongod_path() -> str:
     return os.path.join(spec.submodule_search_locations[0], "db", "bin", "mongod")
 
 
+# Loaded here, not in the forked child.
 try:
-    _LIBC = ctypes.CDLL(
-        "libc.so.6", use_errno=True
-    )  # loaded here, not in the forked child
+    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
 except OSError:
     _LIBC = None
 
@@ -218,9 +221,9 @@ def private_mongod(dbpath: str | os.PathLike | None = None):
 def session_database_uri() -> str:
     """URI of the database this (test) process uses, connecting FiftyOne if needed.
 
-    With ``tests/conftest.py`` that is FiftyOne's embedded mongod on a private
-    ``FIFTYONE_DATABASE_DIR``; an App server pointed at this URI sees the same
-    datasets and never starts a database of its own.
+    ``fo.config.database_uri`` if set, else the address of FiftyOne's embedded
+    mongod. An App server pointed at this URI sees the same datasets and never
+    starts a database of its own.
     """
     import fiftyone as fo
     import fiftyone.core.odm.database as foodb
@@ -403,8 +406,9 @@ def run_operator(
 
     ``search_text`` is typed into the browser's search box and the first match is
     chosen with Enter. If the operator shows a form, ``fill`` (label -> value, in
-    order, see :func:`fill_form`) is applied and "Execute" clicked. Raises if the
-    request fails or the response carries an error.
+    order, see :func:`fill_form`) is applied and "Execute" clicked (immediate
+    execution; an operator whose default is "Schedule" is not handled). Raises if
+    the request fails or the response carries an error.
     """
     open_operator_browser(page)
     page.locator('[data-cy="operators-browser-search"]').fill(search_text)
