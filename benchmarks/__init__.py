@@ -1,0 +1,1 @@
+"""GMValuator benchmark on MNIST: ``python -m benchmarks.run`` (see README.md)."""
