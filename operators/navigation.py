@@ -1,0 +1,190 @@
+"""Navigation operators: contributors of selected generated samples, what
+selected training samples contributed to, and the training set by value.
+
+Each sets the App's view to one of the :mod:`gmv_plugin.navigation` views and
+returns the rows it shows (scores included) as operator output.
+"""
+
+import os
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from . import _common as c
+
+MAX_ROWS = 200
+
+
+def _selection_inputs(inputs, ctx, what):
+    """Run choice plus a note on the selection; invalid when nothing is
+    selected. Returns the run key (or None)."""
+    key = c.add_run_choice(inputs, ctx)
+    n = len(ctx.selected)
+    if n:
+        inputs.view("selection", types.Notice(label="%d %s sample(s) selected" % (n, what)))
+    else:
+        msg = "Select %s samples in the grid first" % what
+        inputs.view("selection_none", types.Warning(label=msg))
+        inputs.str("selection", label="Selection", invalid=True, error_message=msg)
+    return key
+
+
+def _placement(ctx, label, icon):
+    if ctx.dataset is None or not c.gmvruns.list_runs(ctx.dataset):
+        return None
+    return types.Placement(
+        types.Places.SAMPLES_GRID_SECONDARY_ACTIONS,
+        types.Button(label=label, icon=icon, prompt=True),
+    )
+
+
+def _config(name, label, description):
+    return foo.OperatorConfig(
+        name=name,
+        label=label,
+        description=description,
+        dynamic=True,
+        allow_immediate_execution=True,
+        allow_delegated_execution=False,
+    )
+
+
+class ShowContributors(foo.Operator):
+    """Shows the training samples credited by the selected generated samples,
+    best first, with their scores in the output."""
+
+    @property
+    def config(self):
+        return _config("show_contributors", "GMValuator: show contributors",
+                       "Show the training images credited by the selected generated images")
+
+    def resolve_placement(self, ctx):
+        return _placement(ctx, "Show contributors", "account_tree")
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _selection_inputs(inputs, ctx, "generated")
+        return types.Property(inputs, view=types.View(label="GMValuator: show contributors"))
+
+    def execute(self, ctx):
+        key = c.run_key(ctx)
+        rows = c.gmvnav.contributor_credits(ctx.dataset, key, ctx.selected)
+        view = ctx.dataset.select([r["train_id"] for r in rows], ordered=True)
+        paths = dict(zip(*view.values(["id", "filepath"])))
+        ctx.ops.set_view(view)
+        out = [
+            {"rank": i, "filename": os.path.basename(paths.get(r["train_id"], "")),
+             "score": r["credit"], "distance": r["distance"], "id": r["train_id"]}
+            for i, r in enumerate(rows, start=1)
+        ]
+        return {
+            "key": key,
+            "num_generated": len(ctx.selected),
+            "train_ids": [r["train_id"] for r in rows],
+            "contributors": out[:MAX_ROWS],
+            "summary": "%d training samples credited by %d selected generated sample(s) "
+            "under run `%s`, best first" % (len(rows), len(ctx.selected), key),
+        }
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("summary", label="Summary", view=types.MarkdownView())
+        table = types.TableView()
+        table.add_column("rank", label="Rank")
+        table.add_column("filename", label="Training sample")
+        table.add_column("score", label="Score (credit)")
+        table.add_column("distance", label="Distance")
+        table.add_column("id", label="ID")
+        outputs.list("contributors", types.Object(), label="Contributors", view=table)
+        return types.Property(outputs, view=types.View(label="Contributors"))
+
+
+class ShowContributions(foo.Operator):
+    """Shows the generated samples that list the selected training samples as
+    contributors, ordered by the credit those received."""
+
+    @property
+    def config(self):
+        return _config("show_contributions", "GMValuator: show contributions",
+                       "Show the generated images the selected training images contributed to")
+
+    def resolve_placement(self, ctx):
+        return _placement(ctx, "Show contributions", "call_split")
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _selection_inputs(inputs, ctx, "training")
+        return types.Property(inputs, view=types.View(label="GMValuator: show contributions"))
+
+    def execute(self, ctx):
+        key = c.run_key(ctx)
+        view = c.gmvnav.contributions_view(ctx.dataset, key, ctx.selected)
+        expr = c.gmvnav.credit_expression(key, ctx.selected)
+        ids, paths, credit = view.limit(MAX_ROWS).values(["id", "filepath", expr])
+        ctx.ops.set_view(view)
+        n = view.count()
+        return {
+            "key": key,
+            "num_generated": n,
+            "generated_ids": ids,
+            "contributions": [
+                {"rank": i, "filename": os.path.basename(p), "credit": cr, "id": sid}
+                for i, (sid, p, cr) in enumerate(zip(ids, paths, credit), start=1)
+            ],
+            "summary": "%d generated samples list the %d selected training sample(s) "
+            "among their contributors under run `%s`, most credit first"
+            % (n, len(ctx.selected), key),
+        }
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("summary", label="Summary", view=types.MarkdownView())
+        table = types.TableView()
+        table.add_column("rank", label="Rank")
+        table.add_column("filename", label="Generated sample")
+        table.add_column("credit", label="Credit given")
+        table.add_column("id", label="ID")
+        outputs.list("contributions", types.Object(), label="Contributions", view=table)
+        return types.Property(outputs, view=types.View(label="Contributions"))
+
+
+class SortByValue(foo.Operator):
+    """Shows the training samples sorted by value, optionally hiding (or
+    showing only) zero-value samples."""
+
+    @property
+    def config(self):
+        return _config("sort_by_value", "GMValuator: sort training samples by value",
+                       "Most or least valuable training images first; filter zero-value ones")
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        c.add_run_choice(inputs, ctx)
+        order = types.RadioGroup(orientation="horizontal")
+        order.add_choice("most", label="Most valuable first")
+        order.add_choice("least", label="Least valuable first")
+        inputs.enum("order", order.values(), default="most", label="Order", view=order)
+        zero = types.RadioGroup(orientation="horizontal")
+        zero.add_choice("keep", label="Keep")
+        zero.add_choice("hide", label="Hide")
+        zero.add_choice("only", label="Only these")
+        inputs.enum("zero", zero.values(), default="keep", label="Zero-value samples",
+                    description="Training samples no generated sample credits", view=zero)
+        scope = types.RadioGroup(orientation="horizontal")
+        scope.add_choice("dataset", label="All training samples")
+        scope.add_choice("view", label="Within the current view")
+        inputs.enum("scope", scope.values(), default="dataset", label="Scope", view=scope)
+        return types.Property(inputs, view=types.View(label="GMValuator: sort by value"))
+
+    def execute(self, ctx):
+        key = c.run_key(ctx)
+        samples = ctx.view if c.param(ctx, "scope", "dataset") == "view" else ctx.dataset
+        view = c.gmvnav.ranked_training_view(
+            samples, key, reverse=c.param(ctx, "order", "most") != "least",
+            zero=c.param(ctx, "zero", "keep"),
+        )
+        ctx.ops.set_view(view)
+        return {"key": key, "count": view.count()}
+
+
+OPERATORS = [ShowContributors, ShowContributions, SortByValue]

@@ -1,0 +1,255 @@
+"""One operator per pipeline stage, over the library's stage functions.
+
+The embeddings operator can create a run (same form as ``compute_values``,
+then :func:`gmv_plugin.init_valuation`) or recompute an existing run's
+embeddings; the later stages pick an existing run and the options of their
+stage (defaults: the run's current config), which they pass to the stage
+function as config updates.
+"""
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from . import _common as c
+
+
+class _StageOperator(foo.Operator):
+    """Base class: ``name``, ``label``, ``stage_fn`` (a library stage
+    function name), ``delegate_default`` and the stage's form/kwargs."""
+
+    name = None
+    label = None
+    description = None
+    stage_fn = None
+    delegate_default = False
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name=self.name,
+            label=self.label,
+            description=self.description,
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=self.delegate_default,
+        )
+
+    def stage_inputs(self, inputs, ctx, defaults, n_train):
+        """Adds the stage's options."""
+
+    def stage_kwargs(self, ctx, n_train):
+        """The stage's config updates."""
+        return {}
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        key = c.add_run_choice(inputs, ctx)
+        if key is not None:
+            n_train = self._n_train(ctx, key)
+            self.stage_inputs(inputs, ctx, c.config_defaults(ctx.dataset, key), n_train)
+            c.add_delegate(inputs, default=self.delegate_default)
+        return types.Property(inputs, view=types.View(label=self.label))
+
+    def resolve_delegation(self, ctx):
+        return c.resolve_delegation(ctx)
+
+    def resolve_run_name(self, ctx):
+        return "GMValuator %s (key=%s)" % (self.name, c.param(ctx, "run_key"))
+
+    def _n_train(self, ctx, key):
+        cfg = c.gmvruns.get_run_config(ctx.dataset, key)
+        return len(c.gmvruns._load_view(ctx.dataset, cfg.train_view))
+
+    def execute(self, ctx):
+        key = c.run_key(ctx)
+        kwargs = self.stage_kwargs(ctx, self._n_train(ctx, key))
+        results = getattr(c.gmv, self.stage_fn)(
+            ctx.dataset, key=key, progress=c.progress(ctx, "%s %r" % (self.label, key)), **kwargs
+        )
+        return self.result(ctx, key, results)
+
+    def result(self, ctx, key, results):
+        return {
+            "key": key,
+            "timings": {k: float(v) for k, v in results.timings.items()},
+            "summary": "Stage done on run `%s` in %.2f s; next: %s"
+            % (key, results.timings.get(self.stage, 0.0), self.next_step),
+        }
+
+    stage = None
+    next_step = ""
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("summary", label="Summary", view=types.MarkdownView())
+        outputs.obj("timings", label="Stage timings (s)", view=types.JSONView())
+        return types.Property(outputs, view=types.View(label=self.label))
+
+
+class ComputeGMVEmbeddings(_StageOperator):
+    """Creates a run (or picks one) and embeds its training and generated
+    samples."""
+
+    name = "compute_gmv_embeddings"
+    label = "GMValuator: 1. compute embeddings"
+    description = "Create a valuation run and embed its images (first stage)"
+    stage_fn = "compute_embeddings"
+    stage = "embed"
+    next_step = "build the index"
+    delegate_default = True
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        has_runs = bool(c.gmvruns.list_runs(ctx.dataset))
+        mode_view = types.RadioGroup(orientation="horizontal")
+        mode_view.add_choice("new", label="New run")
+        mode_view.add_choice("existing", label="Existing run")
+        inputs.enum("mode", mode_view.values(), default="existing" if has_runs else "new",
+                    label="Run", view=mode_view)
+        if c.param(ctx, "mode", "existing" if has_runs else "new") == "existing":
+            key = c.add_run_choice(inputs, ctx)
+            if key is not None:
+                c.add_encoder(inputs, ctx, c.config_defaults(ctx.dataset, key))
+        else:
+            n_train = c.add_sample_set(inputs, ctx, "train", "Training samples", "train")
+            c.add_sample_set(inputs, ctx, "generated", "Generated samples", "generated")
+            c.add_new_key(inputs, ctx)
+            c.add_full_config(inputs, ctx, n_train)
+        c.add_delegate(inputs, default=self.delegate_default)
+        return types.Property(inputs, view=types.View(label=self.label))
+
+    def resolve_run_name(self, ctx):
+        key = c.param(ctx, "key" if c.param(ctx, "mode") == "new" else "run_key")
+        return "GMValuator %s (key=%s)" % (self.name, key)
+
+    def execute(self, ctx):
+        mode = c.param(ctx, "mode")
+        if mode is None:
+            mode = "existing" if c.param(ctx, "run_key") else "new"
+        if mode == "existing":
+            return super().execute(ctx)
+        train = c.resolve_samples(ctx, "train", "train")
+        generated = c.resolve_samples(ctx, "generated", "generated")
+        key = c.param(ctx, "key", "gmv")
+        c.gmv.init_valuation(
+            train, generated, key=key, overwrite=bool(c.param(ctx, "overwrite", False)),
+            **c.full_kwargs(ctx, len(train)),
+        )
+        results = c.gmv.compute_embeddings(
+            ctx.dataset, key=key, progress=c.progress(ctx, "%s %r" % (self.label, key))
+        )
+        return self.result(ctx, key, results)
+
+    def stage_kwargs(self, ctx, n_train):
+        return c.encoder_kwargs(ctx) if c.param(ctx, "encoder") is not None else {}
+
+
+class BuildGMVIndex(_StageOperator):
+    """Builds the recall index over a run's training embeddings."""
+
+    name = "build_gmv_index"
+    label = "GMValuator: 2. build recall index"
+    description = "Build the FAISS index (flat, PQ, IVF-PQ) over training embeddings"
+    stage_fn = "build_index"
+    stage = "index"
+    next_step = "recall contributors"
+
+    def stage_inputs(self, inputs, ctx, defaults, n_train):
+        c.add_index(inputs, ctx, n_train, defaults)
+
+    def stage_kwargs(self, ctx, n_train):
+        return c.index_kwargs(ctx) if c.param(ctx, "index") is not None else {}
+
+
+class RecallContributors(_StageOperator):
+    """Recalls ``recall_k`` candidate contributors per generated sample."""
+
+    name = "recall_contributors"
+    label = "GMValuator: 3. recall candidates"
+    description = "Retrieve candidate training images for each generated image"
+    stage_fn = "recall_contributors"
+    stage = "recall"
+    next_step = "re-rank"
+
+    def stage_inputs(self, inputs, ctx, defaults, n_train):
+        c.add_recall_k(inputs, ctx, n_train, defaults)
+
+    def stage_kwargs(self, ctx, n_train):
+        r = c.param(ctx, "recall_k")
+        return {} if r is None else {"recall_k": int(r)}
+
+
+class RerankContributors(_StageOperator):
+    """Re-ranks the candidates with a finer distance and keeps the top k."""
+
+    name = "rerank_contributors"
+    label = "GMValuator: 4. re-rank contributors"
+    description = "Re-rank candidates (L2, LPIPS, DreamSim) and keep the top k"
+    stage_fn = "rerank_contributors"
+    stage = "rerank"
+    next_step = "score quality"
+
+    def stage_inputs(self, inputs, ctx, defaults, n_train):
+        c.add_rerank(inputs, ctx, defaults)
+        c.add_k(inputs, ctx, n_train, defaults)
+
+    def stage_kwargs(self, ctx, n_train):
+        kw = c.rerank_kwargs(ctx) if c.param(ctx, "rerank") is not None else {}
+        if c.param(ctx, "k") is not None:
+            kw["k"] = int(c.param(ctx, "k"))
+        return kw
+
+
+class ScoreQuality(_StageOperator):
+    """Scores the quality q_j of the generated samples."""
+
+    name = "score_quality"
+    label = "GMValuator: 5. score quality"
+    description = "Quality of each generated image (realism, MANIQA, pyiqa)"
+    stage_fn = "score_quality"
+    stage = "quality"
+    next_step = "assign values"
+
+    def stage_inputs(self, inputs, ctx, defaults, n_train):
+        c.add_quality(inputs, ctx, defaults)
+
+    def stage_kwargs(self, ctx, n_train):
+        return c.quality_kwargs(ctx) if c.param(ctx, "quality") is not None else {}
+
+
+class AssignValues(_StageOperator):
+    """Computes the values (Eq. 3/4) and writes the run's fields; its output
+    is the run's report."""
+
+    name = "assign_values"
+    label = "GMValuator: 6. assign values"
+    description = "Compute Eq. 3/4 and write the value and contributor fields"
+    stage_fn = "assign_values"
+    stage = "values"
+
+    def stage_inputs(self, inputs, ctx, defaults, n_train):
+        c.add_temperature(inputs, ctx, defaults)
+
+    def stage_kwargs(self, ctx, n_train):
+        t = c.param(ctx, "temperature")
+        return {} if t is None else {"temperature": float(t)}
+
+    def result(self, ctx, key, results):
+        ctx.ops.reload_dataset()
+        return dict(key=key, **c.report_result(ctx.dataset, key))
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        c.report_outputs(outputs)
+        return types.Property(outputs, view=types.View(label="GMValuator run report"))
+
+
+OPERATORS = [
+    ComputeGMVEmbeddings,
+    BuildGMVIndex,
+    RecallContributors,
+    RerankContributors,
+    ScoreQuality,
+    AssignValues,
+]
