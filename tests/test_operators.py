@@ -1,0 +1,395 @@
+"""Every GMValuator operator executed through FiftyOne, on real digit PNGs.
+
+Operators are called with ``fiftyone.operators.execute_operator`` (the plugin
+is loaded from this checkout by tests/conftest.py), including a delegated run
+executed by FiftyOne's delegated-operation service.
+"""
+
+import base64
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import yaml
+
+import fiftyone as fo
+import fiftyone.operators as foo
+from fiftyone.operators.executor import ExecutionContext, ExecutionError
+from fiftyone.operators.registry import OperatorRegistry
+
+import gmv_plugin as gmv
+from gmv_plugin import runs as gmvruns
+from gmv_plugin import weights as gmvw
+from gmv_testdata import make_digits_dataset
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+URI = "@gmvaluator/gmv/"
+K = 5
+
+
+def run(name, dataset, params=None, selected=None, **kwargs):
+    return foo.execute_operator(
+        URI + name,
+        ctx=dict(dataset=dataset.name, params=params or {}, selected=selected or [], **kwargs),
+    )
+
+
+def set_view_ids(result, dataset):
+    """Ids of the view the operator asked the App to show, in order."""
+    reqs = [r for r in result.executor._requests if r.operator_uri == "set_view"]
+    assert len(reqs) == 1
+    return fo.DatasetView._build(dataset, reqs[0].params["view"]).values("id")
+
+
+def train_values(dataset, field):
+    return dataset.match_tags("train").values(field)
+
+
+def form(name, dataset, params=None, selected=None, view=None):
+    """The resolved input form of an operator, as JSON properties."""
+    op = OperatorRegistry().get_operator(URI + name)
+    req = {"dataset_name": dataset.name, "params": dict(params or {}), "selected": selected or []}
+    if view is not None:
+        req["view"] = view._serialize()
+    return op.resolve_input(ExecutionContext(req)).to_json()["type"]["properties"]
+
+
+@pytest.fixture
+def digits(tmp_path):
+    ds = make_digits_dataset(tmp_path / "digits")
+    yield ds
+    ds.delete()
+
+
+@pytest.fixture(scope="module")
+def valued(tmp_path_factory):
+    """A dataset valued by the compute_values operator (key "gmv")."""
+    ds = make_digits_dataset(tmp_path_factory.mktemp("valued"))
+    run("compute_values", ds, {"k": K})
+    yield ds
+    ds.delete()
+
+
+# ------------------------------------------------------------------ plugin
+
+
+def test_manifest_lists_every_registered_operator():
+    import fiftyone.plugins as fop
+
+    manifest = yaml.safe_load((ROOT / "fiftyone.yml").read_text())
+    assert manifest["name"] == "@gmvaluator/gmv"
+    assert manifest["py_entry"] == "operators/__init__.py"
+    registered = {
+        op.name for op in OperatorRegistry().list_operators(builtin=False)
+        if op.plugin_name == "@gmvaluator/gmv"
+    }
+    assert registered == set(manifest["operators"])
+    assert len(manifest["operators"]) == len(set(manifest["operators"])) == 16
+    assert "@gmvaluator/gmv" in [p.name for p in fop.list_plugins()]
+
+
+def test_compute_operators_allow_delegation_and_pipeline_defaults_to_it():
+    reg = OperatorRegistry()
+    for name in ("compute_values", "compute_gmv_embeddings", "build_gmv_index",
+                 "recall_contributors", "rerank_contributors", "score_quality", "assign_values"):
+        cfg = reg.get_operator(URI + name).config
+        assert cfg.allow_delegated_execution and cfg.allow_immediate_execution, name
+    assert reg.get_operator(URI + "compute_values").config.default_choice_to_delegated
+
+
+# ------------------------------------------------------------ the pipeline
+
+
+def test_compute_values_operator_matches_library(digits):
+    res = run("compute_values", digits, {"k": K, "key": "op"})
+    out = res.result
+    for f in ("op_value", "op_hits"):
+        assert digits.match_tags("train").exists(f).count() == 150
+        assert digits.match_tags("generated").exists(f).count() == 0
+    for f in ("op_contributors", "op_distances", "op_scores", "op_quality"):
+        assert digits.match_tags("generated").exists(f).count() == 50
+    cfg = gmvruns.get_run_config(digits, "op")
+    assert (cfg.model["name"], cfg.index, cfg.rerank["name"], cfg.quality["name"], cfg.k) == (
+        "pixels", "auto", "l2", "realism", K)
+
+    lib = gmv.compute_values(digits.match_tags("train"), digits.match_tags("generated"),
+                             key="lib", model="pixels", rerank="l2", quality="realism", k=K)
+    np.testing.assert_allclose(train_values(digits, "op_value"), train_values(digits, "lib_value"),
+                               rtol=1e-6)
+    assert lib.num_train == 150
+
+    rep = out["report"]
+    assert rep["counts"]["train"] == 150 and rep["counts"]["generated"] == 50
+    assert rep["values"]["sum"] == pytest.approx(sum(digits.values("op_quality", missing_value=0)))
+    assert set(rep["timings"]) == set(gmv.STAGES)
+    assert out["histogram"].startswith("data:image/png;base64,")
+    png = base64.b64decode(out["histogram"].split(",", 1)[1])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert os.path.isfile(rep["histogram"]["path"])
+    assert rep["histogram"]["path"].startswith(gmvruns.run_dir(digits, "op"))
+    assert [r["id"] for r in out["top"]] == gmv.load_results(digits, "op").top(10).values("id")
+    assert "150" in out["summary"] and "stage timings" in out["summary"]
+    assert any(r.operator_uri == "reload_dataset" for r in res.executor._requests)
+
+
+def test_sets_by_field_value_saved_view_and_current_view(digits):
+    digits.save_view("gen", digits.match_tags("generated"))
+    run("compute_values", digits, {
+        "key": "f", "k": K, "train_by": "field", "train_field": "split", "train_value": "train",
+        "generated_by": "saved_view", "generated_saved_view": "gen",
+    })
+    assert digits.exists("f_value").count() == 150
+    assert digits.exists("f_contributors").count() == 50
+
+    # current view: only the "3"s among the generated samples
+    threes = digits.match_tags("generated").match(fo.ViewField("ground_truth.label") == "3")
+    foo.execute_operator(URI + "compute_values", ctx={
+        "view": threes,
+        "params": {"key": "cv", "k": K, "generated_by": "current_view"},
+    })
+    assert digits.exists("cv_contributors").values("id") == threes.values("id")
+
+
+def test_existing_embeddings_field_encoder(digits):
+    rng = np.random.default_rng(0)
+    digits.set_values("emb", [rng.random(16).astype(np.float32) for _ in range(len(digits))])
+    props = form("compute_values", digits, {"encoder": "field"})
+    assert props["embeddings_field"]["type"]["values"] == ["emb"]
+    run("compute_values", digits, {"key": "e", "k": K, "encoder": "field",
+                                   "embeddings_field": "emb", "rerank": "none"})
+    cfg = gmvruns.get_run_config(digits, "e")
+    assert cfg.embeddings_field == "emb"
+    assert digits.exists("e_value").count() == 150
+
+
+def test_form_defaults_weights_notes_and_live_key_validation(valued):
+    props = form("compute_values", valued)
+    defaults = {n: props[n].get("default") for n in
+                ("train_by", "train_tag", "generated_tag", "key", "encoder", "index", "rerank",
+                 "quality", "k", "temperature", "delegate")}
+    assert defaults == {"train_by": "tag", "train_tag": "train", "generated_tag": "generated",
+                        "key": "gmv", "encoder": "pixels", "index": "auto", "rerank": "l2",
+                        "quality": "realism", "k": 50, "temperature": 1.0, "delegate": True}
+    assert "150 samples" in props["train_count"]["view"]["label"]
+    assert "Auto picks 'flat'" in props["index_auto"]["view"]["label"]
+
+    # choices whose weights are missing say so, before running
+    labels = {c["value"]: c["label"] for c in props["rerank"]["view"]["choices"]}
+    for name, check in (("lpips", lambda: gmvw.check_lpips("alex")), ("dreamsim", gmvw.check_dreamsim)):
+        try:
+            check()
+            missing = False
+        except gmvw.MissingWeightsError:
+            missing = True
+        assert labels[name].endswith("(weights missing)") == missing
+        props = form("compute_values", valued, {"rerank": name, "key": "new"})
+        assert ("rerank_warning" in props) == missing
+        if missing:
+            assert "Expected at" in props["rerank_warning"]["view"]["description"]
+    props = form("compute_values", valued, {"encoder": "zoo", "quality": "maniqa", "key": "new"})
+    assert props["zoo_model"]["default"] == "vgg16-imagenet-torch"
+    try:
+        gmvw.check_zoo_model("vgg16-imagenet-torch")
+        assert "zoo_model_warning" not in props
+    except gmvw.MissingWeightsError:
+        assert "vgg16-imagenet-torch" in props["zoo_model_warning"]["view"]["label"]
+
+    # the run key: identifier, not taken unless overwrite is ticked
+    assert form("compute_values", valued)["key"]["invalid"]  # "gmv" exists
+    assert not form("compute_values", valued, {"overwrite": True})["key"]["invalid"]
+    assert not form("compute_values", valued, {"key": "other"})["key"]["invalid"]
+    bad = form("compute_values", valued, {"key": "not a key"})["key"]
+    assert bad["invalid"] and "identifier" in bad["error_message"]
+    with pytest.raises(ExecutionError, match="key"):
+        run("compute_values", valued, {"k": K})
+    with pytest.raises(ExecutionError, match="key"):
+        run("compute_values", valued, {"k": K, "key": "a-b"})
+
+
+# --------------------------------------------------------------- delegated
+
+
+def test_delegated_run_executed_by_the_delegated_service(digits):
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    svc = DelegatedOperationService()
+    # the form's default: delegated
+    res = run("compute_values", digits, {"k": K, "key": "dg", "delegate": True})
+    assert res.delegated and not digits.has_field("dg_value")
+    queued = svc.list_operations(dataset_name=digits.name, run_state="queued")
+    assert [op.operator for op in queued] == [URI + "compute_values"]
+    results = svc.execute_queued_operations(dataset_name=digits.name)
+    assert len(results) == 1 and not results[0].error, results[0].error
+    done = svc.get(queued[0].id)
+    assert done.run_state == "completed"
+    assert done.result.result["report"]["counts"]["train"] == 150
+    assert done.status is not None and done.status.progress == pytest.approx(1.0)
+    digits.reload()
+    assert digits.exists("dg_value").count() == 150
+    # operators that only allow immediate execution ignore the request
+    res = run("gmv_report", digits, {"run_key": "dg"}, request_delegation=True)
+    assert not res.delegated and res.result["report"]["counts"]["generated"] == 50
+
+    # a stage delegated on request (no delegate param in the call)
+    res = run("assign_values", digits, {"run_key": "dg", "temperature": 0.5},
+              request_delegation=True)
+    assert res.delegated
+    svc.execute_queued_operations(dataset_name=digits.name)
+    assert gmvruns.get_run_config(digits, "dg").temperature == 0.5
+
+
+def test_immediate_when_delegate_unticked(digits):
+    res = run("compute_values", digits, {"k": K, "key": "im", "delegate": False},
+              request_delegation=True)
+    assert not res.delegated and digits.exists("im_value").count() == 150
+
+
+# ------------------------------------------------------------------ stages
+
+
+def test_stage_operators_one_by_one_equal_the_pipeline(digits):
+    res = run("compute_gmv_embeddings", digits, {"mode": "new", "key": "st", "k": K})
+    assert res.result["timings"]["embed"] > 0
+    assert "build the index" in res.result["summary"]
+    for name in ("build_gmv_index", "recall_contributors", "rerank_contributors", "score_quality"):
+        res = run(name, digits, {"run_key": "st"})
+        assert res.result["key"] == "st"
+    assert not digits.has_field("st_value")
+    res = run("assign_values", digits, {"run_key": "st"})
+    assert res.result["report"]["counts"]["train"] == 150
+    run("compute_values", digits, {"k": K, "key": "full"})
+    np.testing.assert_allclose(train_values(digits, "st_value"), train_values(digits, "full_value"),
+                               rtol=1e-6)
+
+    # stage options are config updates of the run
+    props = form("rerank_contributors", digits, {"run_key": "st"})
+    assert props["rerank"]["default"] == "l2" and props["k"]["default"] == K
+    run("build_gmv_index", digits, {"run_key": "st", "index": "pq", "index_M": 8, "index_nbits": 4})
+    run("recall_contributors", digits, {"run_key": "st", "recall_k": 20})
+    run("rerank_contributors", digits, {"run_key": "st", "rerank": "l2", "k": 3})
+    run("score_quality", digits, {"run_key": "st", "quality": "none"})
+    run("assign_values", digits, {"run_key": "st", "temperature": 2.0})
+    cfg = gmvruns.get_run_config(digits, "st")
+    assert (cfg.index, cfg.index_params, cfg.recall_k, cfg.k, cfg.quality["name"],
+            cfg.temperature) == ("pq", {"M": 8, "nbits": 4}, 20, 3, "none", 2.0)
+    assert all(len(c) == 3 for c in digits.exists("st_contributors").values("st_contributors"))
+    assert sum(digits.values("st_value", missing_value=0)) == pytest.approx(50.0)
+
+    # embeddings of an existing run
+    res = run("compute_gmv_embeddings", digits, {"mode": "existing", "run_key": "st"})
+    assert res.result["timings"]["embed"] > 0
+
+
+def test_stage_form_without_runs(digits):
+    props = form("build_gmv_index", digits)
+    assert props["run_key"]["invalid"] and "run_key_none" in props
+    props = form("compute_gmv_embeddings", digits)
+    assert props["mode"]["default"] == "new" and "key" in props
+
+
+# -------------------------------------------------------------- navigation
+
+
+def test_show_contributors(valued):
+    gen = valued.match_tags("generated")
+    g1, g2 = gen.values("id")[:2]
+    c1 = valued[g1]["gmv_contributors"]
+    res = run("show_contributors", valued, selected=[g1])
+    assert set_view_ids(res, valued) == c1  # exactly the contributors, in rank order
+    rows = res.result["contributors"]
+    assert [r["id"] for r in rows] == c1
+    assert [r["score"] for r in rows] == pytest.approx(valued[g1]["gmv_scores"])
+    assert [r["rank"] for r in rows] == list(range(1, K + 1))
+
+    res = run("show_contributors", valued, {"run_key": "gmv"}, selected=[g1, g2])
+    ids = set_view_ids(res, valued)
+    assert set(ids) == set(c1) | set(valued[g2]["gmv_contributors"])
+    credits = [r["score"] for r in res.result["contributors"]]
+    assert credits == sorted(credits, reverse=True)
+
+    with pytest.raises(ExecutionError, match="Select generated samples"):
+        run("show_contributors", valued)
+    train_id = valued.match_tags("train").first().id
+    with pytest.raises(ExecutionError, match="not generated samples"):
+        run("show_contributors", valued, selected=[train_id])
+
+
+def test_show_contributions(valued):
+    top = gmv.load_results(valued, "gmv").top(1).first()
+    res = run("show_contributions", valued, selected=[top.id])
+    ids = set_view_ids(res, valued)
+    listing = valued.match_tags("generated").values(["id", "gmv_contributors", "gmv_scores"])
+    expected = {g: s[c.index(top.id)] for g, c, s in zip(*listing) if top.id in c}
+    assert len(ids) == top.gmv_hits == len(expected)
+    assert set(ids) == set(expected)
+    got = [expected[i] for i in ids]
+    assert got == sorted(got, reverse=True)
+    assert [r["credit"] for r in res.result["contributions"]] == pytest.approx(got)
+    assert sum(got) == pytest.approx(top.gmv_value)
+
+    gen_id = valued.match_tags("generated").first().id
+    with pytest.raises(ExecutionError, match="training sample"):
+        run("show_contributions", valued, selected=[gen_id])
+
+
+def test_sort_by_value(valued):
+    train = valued.match_tags("train")
+    values = dict(zip(*train.values(["id", "gmv_value"])))
+    res = run("sort_by_value", valued)
+    ids = set_view_ids(res, valued)
+    assert len(ids) == 150 and [values[i] for i in ids] == sorted(values.values(), reverse=True)
+    res = run("sort_by_value", valued, {"order": "least", "zero": "hide"})
+    ids = set_view_ids(res, valued)
+    assert [values[i] for i in ids] == sorted(v for v in values.values() if v > 0)
+    res = run("sort_by_value", valued, {"zero": "only"})
+    assert set(set_view_ids(res, valued)) == {i for i, v in values.items() if v == 0}
+    assert res.result["count"] == sum(v == 0 for v in values.values())
+    # within the current view
+    sevens = train.match(fo.ViewField("ground_truth.label") == "7")
+    res = foo.execute_operator(URI + "sort_by_value", ctx={"view": sevens, "params": {"scope": "view"}})
+    assert set(set_view_ids(res, valued)) == set(sevens.values("id"))
+
+
+# ---------------------------------------------------------- run management
+
+
+def test_list_info_report(valued):
+    res = run("list_gmv_runs", valued)
+    (row,) = [r for r in res.result["runs"] if r["key"] == "gmv"]
+    assert (row["encoder"], row["rerank"], row["quality"], row["k"]) == ("pixels", "l2", "realism", K)
+    assert row["num_train"] == 150 and row["num_generated"] == 50
+    assert set(res.result["timings"]["gmv"]) == set(gmv.STAGES)
+
+    info = run("get_gmv_run_info", valued, {"run_key": "gmv"}).result
+    assert info["config"]["k"] == K and info["config"]["method"] == "gmvaluator"
+    assert info["fields"] == gmvruns.field_names("gmv")
+    assert set(info["timings"]) == set(gmv.STAGES)
+
+    rep = run("gmv_report", valued, {"n": 3}).result
+    assert len(rep["top"]) == len(rep["bottom"]) == 3
+    assert rep["top"][0]["value"] >= rep["top"][1]["value"] >= rep["top"][2]["value"]
+    assert rep["bottom"][0]["value"] == 0.0
+    assert rep["histogram"].startswith("data:image/png;base64,")
+
+
+def test_rename_and_delete(digits):
+    run("compute_values", digits, {"k": K, "key": "a"})
+    old_dir = gmvruns.run_dir(digits, "a")
+    assert os.path.isdir(old_dir)
+    props = form("rename_gmv_run", digits, {"run_key": "a", "new_key": "a b"})
+    assert props["new_key"]["invalid"]
+    with pytest.raises(ExecutionError):
+        run("rename_gmv_run", digits, {"run_key": "a", "new_key": "a b"})
+
+    run("rename_gmv_run", digits, {"run_key": "a", "new_key": "b"})
+    assert gmvruns.list_runs(digits) == ["b"]
+    assert digits.has_field("b_value") and not digits.has_field("a_value")
+    assert os.path.isdir(gmvruns.run_dir(digits, "b")) and not os.path.isdir(old_dir)
+
+    props = form("delete_gmv_run", digits, {"run_key": "b"})
+    assert "b_value" in props["delete_warning"]["view"]["description"]
+    run("delete_gmv_run", digits, {"run_key": "b"})
+    assert gmvruns.list_runs(digits) == []
+    assert not any(f.startswith("b_") for f in digits.get_field_schema())
+    assert not os.path.isdir(gmvruns.run_dir(digits, "b"))
