@@ -48,10 +48,14 @@ def test_app_shows_grid_and_operator_browser(app_url, page, png_dataset):
     wait_for_grid(page, N_IMAGES)
     screenshot(page, "smoke-grid")
 
-    browser = open_operator_browser(page)
-    assert browser.is_visible()
-    assert page.locator('[data-cy="operators-browser-search"]').is_visible()
+    ops = open_operator_browser(page)
+    assert ops.is_visible()
     screenshot(page, "smoke-operator-browser")
+
+    # this checkout is loaded as a plugin: its operators are listed
+    page.locator('[data-cy="operators-browser-search"]').fill("compute_values")
+    ops.get_by_text("compute_values", exact=True).wait_for(state="visible")
+    screenshot(page, "smoke-operator-browser-gmv")
 
 
 def test_run_operator_fills_form_and_writes_to_session_db(app_url, page, png_dataset):
