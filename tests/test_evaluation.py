@@ -291,3 +291,68 @@ def test_operator_registered(c3_dataset):
                         "members": "member", "non_members": "held_out"}},
     )
     assert res.result["result"]["auc"] == 1.0
+
+
+# --------------------------------------------------------------------------
+# end to end on real digits
+
+
+def _mnist_dir():
+    import os
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    for d in (os.environ.get("GMV_MNIST_DIR"), root.parent / "shared" / "data" / "mnist",
+              "/work/shared/data/mnist"):
+        if d and (pathlib.Path(d) / "t10k-images-idx3-ubyte.gz").is_file():
+            return pathlib.Path(d)
+    return None
+
+
+def _read_mnist(d, n):
+    import gzip
+
+    with gzip.open(d / "t10k-images-idx3-ubyte.gz", "rb") as f:
+        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(d / "t10k-labels-idx1-ubyte.gz", "rb") as f:
+        y = np.frombuffer(f.read(), np.uint8, offset=8)
+    return x[:n], y[:n]
+
+
+def test_end_to_end_pixels_l2(tmp_images):
+    from PIL import Image
+
+    import gmv_plugin as gmv
+
+    d = _mnist_dir()
+    if d is None:
+        pytest.skip("MNIST files not found (shared/data/mnist)")
+    x, y = _read_mnist(d, 300)
+    ds = fo.Dataset(_name())
+    samples = []
+    for i, (img, lab) in enumerate(zip(x, y)):
+        path = tmp_images / f"{i:04d}.png"
+        Image.fromarray(img).save(path)
+        # the last 50 real digits stand in for perfect generations
+        samples.append(fo.Sample(filepath=str(path), tags=["generated" if i >= 250 else "train"],
+                                 ground_truth=fo.Classification(label=str(lab)),
+                                 noisy=False))
+    ds.add_samples(samples)
+    try:
+        res = gmv.compute_values(ds.match_tags("train"), ds.match_tags("generated"), key=KEY,
+                                 model="pixels", rerank="l2", k=10, progress=False)
+        assert res.num_generated == 50
+        out = ev.identical_class(ds, KEY, "ground_truth", ks=(1, 5, 10))
+        assert out["num_generated"] == 50
+        assert out["identical_class"][5] > 0.6, out
+        assert ev.list_runs(ds) == [KEY]
+        c4 = ev.efficiency(ds, KEY)
+        assert c4["num_generated"] == 50 and c4["num_train"] == 250
+        assert {"embed", "recall", "rerank", "values"} <= set(c4["stages"])
+        assert c4["total_s"] > 0
+        with pytest.raises(ValueError, match="10 contributors stored"):
+            ev.identical_class(ds, KEY, "ground_truth", ks=(30,))
+        # credit sums to the number of generated images (quality "none" = 1 each)
+        assert sum(ds.match_tags("train").values(f"{KEY}_value")) == pytest.approx(50, rel=1e-4)
+    finally:
+        ds.delete()
