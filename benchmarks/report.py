@@ -162,6 +162,16 @@ def render(res):
                 f"{c3['percentiles']['median']:.2f} | {c3['percentiles']['max']:.2f} |")
     add("")
 
+    qs = [(fam, name, r["quality_scores"]) for fam, g in res["generators"].items()
+          for name, r in g["runs"].items() if r.get("quality_scores")]
+    if qs:
+        add("")
+        add("Realism quality scores of the generated images (1 = full credit):")
+        add("")
+        for fam, name, q in qs:
+            add(f"- {fam} / {LABELS.get(name, name)}: mean {q['mean']:.4f}, min {q['min']:.4f}, "
+                f"{_pct(q['share_below_1'], 1)}% below 1")
+        add("")
     add("## Membership (one-sided Welch t test, members > non-members)")
     add("")
     add(f"Class {d['member_class']}: {d['n_members']} members vs {d['n_non_members']} held-out "

@@ -276,6 +276,10 @@ def run_configs(ds, fam, embedder):
         out = evaluate_key(ds, name)
         out.update(status="ok", params=_params(cfg), wall_seconds=wall)
         out["index_params"] = _resolved_index_params(res)
+        if cfg["quality"] != "none":
+            q = np.array([v for v in gen.values(f"{name}_quality") if v is not None], float)
+            out["quality_scores"] = dict(mean=float(q.mean()), min=float(q.min()),
+                                         share_below_1=float((q < 1).mean()))
         runs[name] = out
         log(f"{fam}/{name}: C1@30 {100 * out['C1'][30]:.2f}%  C3 AUC {out['C3']['auc']:.4f}  "
             f"membership t={_f(out['membership']['t'])} p={_f(out['membership']['p'])}  "
