@@ -144,12 +144,16 @@ def _histogram_png(counts, edges, zero, key):
         widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
         ax.bar(edges[:-1], counts, width=widths, align="edge",
                color="#ff6d04", edgecolor="white", linewidth=0.5)
-        if max(counts) > 0:
+        if max(counts) > 20:
+            from matplotlib.ticker import NullFormatter, ScalarFormatter
+
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(NullFormatter())
     else:
         ax.text(0.5, 0.5, "no training sample has a non-zero value",
                 ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("%s_value (non-zero)" % key)
+    ax.set_xlabel("%s_value (non-zero values)" % key)
     ax.set_ylabel("training samples")
     ax.set_title("Value distribution; %d training samples have value 0" % zero, fontsize=10)
     fig.tight_layout()
@@ -168,7 +172,7 @@ def report_markdown(report, tables=True, max_rows=None):
         return "n/a" if x is None else "%.4g" % x
 
     lines = [
-        "### GMValuator run `%s` on `%s`" % (report["key"], report["dataset"]),
+        "**GMValuator run `%s` on dataset `%s`**" % (report["key"], report["dataset"]),
         "",
         "- **%d** training samples valued from **%d** generated samples; "
         "%d contribute, %d have value 0%s"
