@@ -29,12 +29,12 @@ def _selection_inputs(inputs, ctx, what):
     return key
 
 
-def _placement(ctx, label, icon):
+def _placement(ctx, label):
     if ctx.dataset is None or not c.gmvruns.list_runs(ctx.dataset):
         return None
     return types.Placement(
         types.Places.SAMPLES_GRID_SECONDARY_ACTIONS,
-        types.Button(label=label, icon=icon, prompt=True),
+        types.Button(label=label, prompt=True),
     )
 
 
@@ -59,7 +59,7 @@ class ShowContributors(foo.Operator):
                        "Show the training images credited by the selected generated images")
 
     def resolve_placement(self, ctx):
-        return _placement(ctx, "Show contributors", "account_tree")
+        return _placement(ctx, "GMValuator: show contributors")
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -72,15 +72,18 @@ class ShowContributors(foo.Operator):
         view = ctx.dataset.select([r["train_id"] for r in rows], ordered=True)
         paths = dict(zip(*view.values(["id", "filepath"])))
         ctx.ops.set_view(view)
+        ctx.ops.clear_selected_samples()
         out = [
             {"rank": i, "filename": os.path.basename(paths.get(r["train_id"], "")),
-             "score": r["credit"], "distance": r["distance"], "id": r["train_id"]}
+             "score": round(r["credit"], 5), "distance": round(r["distance"], 5),
+             "id": r["train_id"]}
             for i, r in enumerate(rows, start=1)
         ]
         return {
             "key": key,
             "num_generated": len(ctx.selected),
             "train_ids": [r["train_id"] for r in rows],
+            "scores": [r["credit"] for r in rows],
             "contributors": out[:MAX_ROWS],
             "summary": "%d training samples credited by %d selected generated sample(s) "
             "under run `%s`, best first" % (len(rows), len(ctx.selected), key),
@@ -109,7 +112,7 @@ class ShowContributions(foo.Operator):
                        "Show the generated images the selected training images contributed to")
 
     def resolve_placement(self, ctx):
-        return _placement(ctx, "Show contributions", "call_split")
+        return _placement(ctx, "GMValuator: show contributions")
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -122,13 +125,15 @@ class ShowContributions(foo.Operator):
         expr = c.gmvnav.credit_expression(key, ctx.selected)
         ids, paths, credit = view.limit(MAX_ROWS).values(["id", "filepath", expr])
         ctx.ops.set_view(view)
+        ctx.ops.clear_selected_samples()
         n = view.count()
         return {
             "key": key,
             "num_generated": n,
             "generated_ids": ids,
+            "credits": credit,
             "contributions": [
-                {"rank": i, "filename": os.path.basename(p), "credit": cr, "id": sid}
+                {"rank": i, "filename": os.path.basename(p), "credit": round(cr, 5), "id": sid}
                 for i, (sid, p, cr) in enumerate(zip(ids, paths, credit), start=1)
             ],
             "summary": "%d generated samples list the %d selected training sample(s) "

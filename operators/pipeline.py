@@ -21,7 +21,6 @@ class ComputeValues(foo.Operator):
             allow_immediate_execution=True,
             allow_delegated_execution=True,
             default_choice_to_delegated=True,
-            icon="insights",
         )
 
     def resolve_input(self, ctx):

@@ -299,13 +299,15 @@ def test_show_contributors(valued):
     assert set_view_ids(res, valued) == c1  # exactly the contributors, in rank order
     rows = res.result["contributors"]
     assert [r["id"] for r in rows] == c1
-    assert [r["score"] for r in rows] == pytest.approx(valued[g1]["gmv_scores"])
+    assert res.result["train_ids"] == c1
+    assert res.result["scores"] == pytest.approx(valued[g1]["gmv_scores"])
+    assert [r["score"] for r in rows] == pytest.approx(valued[g1]["gmv_scores"], abs=1e-5)
     assert [r["rank"] for r in rows] == list(range(1, K + 1))
 
     res = run("show_contributors", valued, {"run_key": "gmv"}, selected=[g1, g2])
     ids = set_view_ids(res, valued)
     assert set(ids) == set(c1) | set(valued[g2]["gmv_contributors"])
-    credits = [r["score"] for r in res.result["contributors"]]
+    credits = res.result["scores"]
     assert credits == sorted(credits, reverse=True)
 
     with pytest.raises(ExecutionError, match="Select generated samples"):
@@ -325,7 +327,9 @@ def test_show_contributions(valued):
     assert set(ids) == set(expected)
     got = [expected[i] for i in ids]
     assert got == sorted(got, reverse=True)
-    assert [r["credit"] for r in res.result["contributions"]] == pytest.approx(got)
+    assert res.result["generated_ids"] == ids
+    assert res.result["credits"] == pytest.approx(got)
+    assert [r["credit"] for r in res.result["contributions"]] == pytest.approx(got, abs=1e-5)
     assert sum(got) == pytest.approx(top.gmv_value)
 
     gen_id = valued.match_tags("generated").first().id
