@@ -37,9 +37,12 @@ def load_digit_images(n):
     return x, d.target[:n].astype(int)
 
 
-def make_digits_dataset(directory, n_train=150, n_generated=50, name=None, persistent=False):
+def make_digits_dataset(
+    directory, n_train=150, n_generated=50, name=None, persistent=False, generated_first=False
+):
     """A dataset of ``n_train`` training and ``n_generated`` generated digit PNGs
-    written under ``directory``."""
+    written under ``directory`` (training samples first unless
+    ``generated_first``)."""
     import fiftyone as fo
 
     directory = pathlib.Path(directory)
@@ -58,6 +61,8 @@ def make_digits_dataset(directory, n_train=150, n_generated=50, name=None, persi
                 ground_truth=fo.Classification(label=str(label)),
             )
         )
+    if generated_first:
+        samples = samples[n_train:] + samples[:n_train]
     ds = fo.Dataset(name or "gmv-test-%s" % uuid.uuid4().hex[:10])
     ds.persistent = persistent
     ds.add_samples(samples, progress=False)
