@@ -1,4 +1,5 @@
-"""The whole GMValuator pipeline as one operator (``compute_values``)."""
+"""The whole GMValuator pipeline as one operator (``compute_values``), and
+incremental valuation of new generated samples (``update_values``)."""
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -59,4 +60,60 @@ class ComputeValues(foo.Operator):
         return types.Property(outputs, view=types.View(label="GMValuator run report"))
 
 
-OPERATORS = [ComputeValues]
+class UpdateValues(foo.Operator):
+    """Values newly added generated samples under an existing run, reusing
+    its training embeddings and index: a form over
+    :func:`gmv_plugin.update_values`; its output is the run's report."""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="update_values",
+            label="GMValuator: value new generated samples",
+            description="Add generated samples to a run: only the new ones are embedded "
+            "and scored; training values are updated",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        key = c.add_run_choice(inputs, ctx)
+        if key is not None:
+            n = c.add_sample_set(inputs, ctx, "generated", "Generated samples to add", "generated")
+            if n is not None:
+                view = c.resolve_samples(ctx, "generated", "generated")
+                new = view.exists("%s_contributors" % key, False).count()
+                inputs.view("new_count", types.Notice(
+                    label="%d new generated samples to value (%d already valued by %r)"
+                    % (new, n - new, key)))
+            c.add_delegate(inputs, default=True)
+        return types.Property(inputs, view=types.View(label="GMValuator: value new generated samples"))
+
+    def resolve_delegation(self, ctx):
+        return c.resolve_delegation(ctx)
+
+    def resolve_run_name(self, ctx):
+        return "GMValuator update_values (key=%s)" % c.param(ctx, "run_key")
+
+    def execute(self, ctx):
+        key = c.run_key(ctx)
+        generated = c.resolve_samples(ctx, "generated", "generated")
+        before = c.gmv.load_results(ctx.dataset, key).num_generated
+        results = c.gmv.update_values(
+            ctx.dataset, key, generated, progress=c.progress(ctx, "GMValuator %r" % key)
+        )
+        ctx.ops.reload_dataset()
+        return dict(key=key, num_added=results.num_generated - before,
+                    **c.report_result(ctx.dataset, key))
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("num_added", label="Generated samples added")
+        c.report_outputs(outputs)
+        return types.Property(outputs, view=types.View(label="GMValuator run report"))
+
+
+OPERATORS = [ComputeValues, UpdateValues]
