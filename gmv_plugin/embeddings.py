@@ -13,7 +13,7 @@ import fiftyone.core.models as fom
 import fiftyone.core.utils as fou
 from PIL import Image
 
-from gmv_plugin.images import to_pil
+from gmv_plugin.images import find_unreadable, to_pil
 
 logger = logging.getLogger(__name__)
 
@@ -204,11 +204,15 @@ def embed_to_file(
             pb.update(len(chunk_ids))
 
     if failed:
-        paths = samples.select(failed[:5]).values("filepath")
+        # A batch fails as a whole: name the images that are really broken.
+        paths = samples.select(failed).values("filepath")
+        broken = find_unreadable(paths, limit=5)
         raise EmbeddingError(
-            "Could not embed %d of %d samples (missing or unreadable images, "
-            "or no embedding in %r), e.g. %s"
-            % (len(failed), len(ids), embeddings_field, paths)
+            "Could not embed %d of %d samples; unreadable images: %s"
+            % (len(failed), len(ids), broken)
+            if broken
+            else "Could not embed %d of %d samples (no embedding in %r), e.g. %s"
+            % (len(failed), len(ids), embeddings_field, paths[:5])
         )
     if out is None:
         raise ValueError("Cannot embed an empty collection")

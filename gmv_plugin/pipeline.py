@@ -102,6 +102,7 @@ def compute_values(
         temperature=temperature,
         batch_size=batch_size,
         overwrite=overwrite,
+        _register=False,  # registered when it succeeds; a failure keeps the old run
     )
     return valuation.run(progress=progress)
 
@@ -124,6 +125,7 @@ def init_valuation(
     batch_size=64,
     overwrite=False,
     _generated_added=None,
+    _register=True,
 ):
     """Validates the inputs and registers a run, without computing anything.
 
@@ -170,8 +172,9 @@ def init_valuation(
         batch_size=int(batch_size),
         generated_added=list(_generated_added or []),
     )
-    dataset.register_run(key, config, overwrite=overwrite, cleanup=False)
-    return Valuation(dataset, key, model=model, reranker=reranker, scorer=scorer)
+    if _register:
+        dataset.register_run(key, config, overwrite=overwrite, cleanup=False)
+    return Valuation(dataset, key, config=config, model=model, reranker=reranker, scorer=scorer)
 
 
 def load_valuation(samples, key, **updates):
@@ -285,10 +288,10 @@ class Valuation(object):
     fingerprint is unchanged.
     """
 
-    def __init__(self, dataset, key, model=None, reranker=None, scorer=None):
+    def __init__(self, dataset, key, config=None, model=None, reranker=None, scorer=None):
         self.dataset = dataset
         self.key = key
-        self.config = gmvruns.get_run_config(dataset, key)
+        self.config = config or gmvruns.get_run_config(dataset, key)
         self.dir = gmvruns.run_dir(dataset, key)
         os.makedirs(self.dir, exist_ok=True)
         self._model = model
@@ -316,10 +319,27 @@ class Valuation(object):
     def _path(self, name):
         return os.path.join(self.dir, name)
 
+    def _view_digest(self, which):
+        """Digest of a view's samples and their files (path, size, mtime), so
+        that edited images are embedded again."""
+        cache = self.__dict__.setdefault("_digests", {})
+        if which not in cache:
+            view = self.train_view if which == "train" else self.generated_view
+            ids, paths = view.values(["id", "filepath"])
+            stats = []
+            for p in paths:
+                try:
+                    st = os.stat(p)
+                    stats.append((st.st_size, st.st_mtime_ns))
+                except OSError:
+                    stats.append(None)
+            cache[which] = _digest([ids, paths, stats])
+        return cache[which]
+
     def _fingerprints(self):
         c = self.config
-        train_ids = _digest(self.train_view.values("id"))
-        gen_ids = _digest(self.generated_view.values("id"))
+        train_ids = self._view_digest("train")
+        gen_ids = self._view_digest("generated")
         fp = {}
         emb = {"model": c.model, "embeddings_field": c.embeddings_field}
         fp["embed_train"] = _digest([emb, train_ids])
@@ -562,6 +582,7 @@ class Valuation(object):
         self.config.generated_added = added
         self.dataset.update_run_config(self.key, self.config)
         self.generated_view = gmvruns.generated_view(self.dataset, self.config)
+        self._digests = {}
         fps = self._fingerprints()
         for name, extra in (("embed_generated", t_embed), ("recall", t_recall), ("rerank", t_rerank), ("quality", t_quality)):
             info = dict(self.state.get(name, {}))
@@ -634,6 +655,7 @@ class Valuation(object):
             quality_summary=self.state.get("quality", {}).get("summary"),
             run_dir=self.dir,
         )
+        self.dataset.register_run(self.key, self.config, overwrite=True, cleanup=False)
         self.dataset.save_run_results(self.key, results, overwrite=True, cache=False)
         return results
 

@@ -22,11 +22,13 @@ os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
 
+import atexit  # noqa: E402
+
 import pytest  # noqa: E402
 
-
-def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_TMP, ignore_errors=True)
+# Registered before FiftyOne starts its database, so it runs after FiftyOne's
+# own exit handlers have stopped mongod.
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 
 
 @pytest.fixture
@@ -35,3 +37,53 @@ def tmp_images(tmp_path):
     d = tmp_path / "images"
     d.mkdir()
     return d
+
+
+MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
+
+
+def load_mnist(n=None):
+    """The real MNIST test split as ``(images uint8 (N, 28, 28), labels)``."""
+    import gzip
+
+    import numpy as np
+
+    with gzip.open(MNIST_DIR / "t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(MNIST_DIR / "t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    return (images[:n], labels[:n]) if n else (images, labels)
+
+
+def write_pngs(images, directory, prefix="img"):
+    """Writes uint8 images as PNGs; returns their paths."""
+    from PIL import Image
+
+    paths = []
+    for i, img in enumerate(images):
+        path = str(pathlib.Path(directory) / ("%s_%05d.png" % (prefix, i)))
+        Image.fromarray(img).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def digits_dataset(tmp_path):
+    """A dataset of real MNIST digits: 270 tagged "train", 30 "generated",
+    each with a ``ground_truth`` classification."""
+    import fiftyone as fo
+
+    images, labels = load_mnist(300)
+    paths = write_pngs(images, tmp_path)
+    dataset = fo.Dataset()
+    dataset.add_samples(
+        fo.Sample(
+            filepath=p,
+            tags=["generated" if i % 10 == 0 else "train"],
+            ground_truth=fo.Classification(label=str(labels[i])),
+        )
+        for i, p in enumerate(paths)
+    )
+    yield dataset
+    if fo.dataset_exists(dataset.name):
+        dataset.delete()
