@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import fiftyone as fo
 from fiftyone import ViewField as F
 
 import gmv_plugin as gmv
@@ -29,10 +28,8 @@ def valued(tmp_path_factory):
 
 
 def _listing(ds):
-    return dict(
-        (g, (c, d, s)) for g, c, d, s in zip(*ds.match_tags("generated").values(
-            ["id", "gmv_contributors", "gmv_distances", "gmv_scores"]))
-    )
+    cols = ds.match_tags("generated").values(["id", "gmv_contributors", "gmv_distances", "gmv_scores"])
+    return {g: (c, d, s) for g, c, d, s in zip(*cols)}
 
 
 def test_contributors_of_one_generated_sample_in_rank_order(valued):
@@ -132,7 +129,8 @@ def test_build_report(valued):
     assert h["path"] == os.path.join(gmvruns.run_dir(valued, "gmv"), rep.HISTOGRAM_NAME)
     with Image.open(h["path"]) as im:
         assert im.format == "PNG" and im.size[0] > 300
-    assert base64.b64decode(h["data_url"].split(",", 1)[1]) == open(h["path"], "rb").read()
+    with open(h["path"], "rb") as f:
+        assert base64.b64decode(h["data_url"].split(",", 1)[1]) == f.read()
 
     assert [t["id"] for t in r["top"]] == nav.ranked_training_view(valued, "gmv").limit(4).values("id")
     assert [t["value"] for t in r["bottom"]] == [0.0] * 4
