@@ -541,12 +541,16 @@ def progress(ctx, label):
 def report_result(dataset, key, n=10):
     """A build_report dict plus its markdown, for operator output."""
     rep = gmvreport.build_report(dataset, key, n=n)
+
+    def table(rows):
+        return [dict(r, value=None if r["value"] is None else round(r["value"], 5)) for r in rows]
+
     return {
         "report": rep,
         "summary": gmvreport.report_markdown(rep, tables=False),
         "histogram": rep["histogram"]["data_url"],
-        "top": rep["top"],
-        "bottom": rep["bottom"],
+        "top": table(rep["top"]),
+        "bottom": table(rep["bottom"]),
     }
 
 
@@ -554,7 +558,7 @@ def _samples_table():
     table = types.TableView()
     table.add_column("filename", label="Sample")
     table.add_column("value", label="Value")
-    table.add_column("hits", label="Generated samples credited by")
+    table.add_column("hits", label="Credited by (generated samples)")
     table.add_column("id", label="ID")
     return table
 
