@@ -33,7 +33,14 @@ from gmv_plugin.pipeline import (
     score_quality,
     update_values,
 )
+from gmv_plugin.navigation import (
+    contributions_view,
+    contributor_credits,
+    contributors_view,
+    ranked_training_view,
+)
 from gmv_plugin.quality import QualityScorer
+from gmv_plugin.report import build_report, report_markdown
 from gmv_plugin.rerank import RERANKERS, L2Reranker, Reranker
 from gmv_plugin.runs import (
     GMValuationConfig,
@@ -44,6 +51,7 @@ from gmv_plugin.runs import (
     list_runs,
     load_results,
     rename_run,
+    train_view,
 )
 from gmv_plugin.valuation import accumulate_values, contribution_scores
 from gmv_plugin.weights import MissingWeightsError

@@ -121,6 +121,8 @@ def resolve_model(model):
 
 def model_config(model):
     """A JSON-serializable description of a model, for run configs."""
+    if model is None:
+        return {"name": None}
     if model == "pixels":
         return PixelEmbedder().config()
     if isinstance(model, str):

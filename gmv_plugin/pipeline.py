@@ -205,7 +205,7 @@ def load_valuation(samples, key, **updates):
     if "quality" in updates and "quality_params" not in updates:
         params["quality_params"] = {}
     params.update(updates)
-    train_view = gmvruns._load_view(dataset, config.train_view)
+    train_view = gmvruns.train_view(dataset, config)
     generated_view = gmvruns._load_view(dataset, config.generated_view)
     return init_valuation(
         train_view, generated_view, key=key, overwrite=True,
@@ -214,6 +214,8 @@ def load_valuation(samples, key, **updates):
 
 
 def _model_from_config(cfg):
+    if cfg.get("name") is None:
+        return None
     if cfg.get("name") == "pixels":
         return gmve.PixelEmbedder(size=cfg.get("size", 32), mode=cfg.get("mode", "RGB"))
     return cfg.get("name")
@@ -297,7 +299,7 @@ class Valuation(object):
         self._model = model
         self.reranker = reranker
         self.scorer = scorer
-        self.train_view = gmvruns._load_view(dataset, self.config.train_view)
+        self.train_view = gmvruns.train_view(dataset, self.config)
         self.generated_view = gmvruns.generated_view(dataset, self.config)
         self._state_path = os.path.join(self.dir, "state.json")
         self.state = self._read_state()
@@ -376,7 +378,7 @@ class Valuation(object):
                 logger.info("Reusing %s stage of run %r", stage, self.key)
                 reused.append(stage)
                 continue
-            getattr(self, "_stage_" + stage)(progress=progress)
+            getattr(self, "_stage_" + stage)(progress=_stage_progress(progress, stage))
         return self._save_results(reused)
 
     def _require(self, stage):
@@ -548,7 +550,7 @@ class Valuation(object):
         tmp = self._path("embed_new.npy")
         new_ids, new_emb = gmve.embed_to_file(
             new, tmp, model=model, embeddings_field=self.config.embeddings_field,
-            batch_size=self.config.batch_size, progress=progress,
+            batch_size=self.config.batch_size, progress=_stage_progress(progress, "embed"),
         )
         t_embed = time.perf_counter() - start
         new_paths = new.values("filepath")
@@ -556,10 +558,10 @@ class Valuation(object):
         r_dists, r_idx = self._recall(new_emb)
         t_recall = time.perf_counter() - t
         t = time.perf_counter()
-        k_dists, k_idx = self._rerank(r_dists, r_idx, new_paths, progress)
+        k_dists, k_idx = self._rerank(r_dists, r_idx, new_paths, _stage_progress(progress, "rerank"))
         t_rerank = time.perf_counter() - t
         t = time.perf_counter()
-        q = self._quality(new_paths, {"dists": r_dists, "idx": r_idx}, progress)
+        q = self._quality(new_paths, {"dists": r_dists, "idx": r_idx}, _stage_progress(progress, "quality"))
         t_quality = time.perf_counter() - t
 
         def append_npz(name, dists, idx):
@@ -658,6 +660,18 @@ class Valuation(object):
         self.dataset.register_run(self.key, self.config, overwrite=True, cleanup=False)
         self.dataset.save_run_results(self.key, results, overwrite=True, cache=False)
         return results
+
+
+def _stage_progress(progress, stage):
+    """Progress callbacks see the running stage as ``pb.stage``."""
+    if not callable(progress):
+        return progress
+
+    def callback(pb):
+        pb.stage = stage
+        progress(pb)
+
+    return callback
 
 
 def _summary(x):

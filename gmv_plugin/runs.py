@@ -96,7 +96,7 @@ class GMValuationResults(foruns.RunResults):
 
     def train_view(self):
         """The training samples of the run."""
-        return _load_view(self.samples, self.config.train_view)
+        return train_view(self.samples, self.config)
 
     def generated_view(self):
         """The generated samples that have been valued."""
@@ -127,6 +127,11 @@ def _load_view(samples, stages):
     if isinstance(stages, str):
         stages = json.loads(stages)
     return fo.DatasetView._build(dataset, stages or [])
+
+
+def train_view(samples, config):
+    """The training samples of a run with the given config."""
+    return _load_view(samples, config.train_view)
 
 
 def generated_view(samples, config):

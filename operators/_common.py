@@ -530,9 +530,11 @@ def progress(ctx, label):
     def report(pb):
         total = pb.total or 0
         frac = pb.progress if total else None
+        stage = getattr(pb, "stage", None)
+        text = "%s [%s]" % (label, stage) if stage else label
         ctx.set_progress(
             progress=frac,
-            label="%s: %d/%d" % (label, pb.iteration, total) if total else label,
+            label="%s: %d/%d" % (text, pb.iteration, total) if total else text,
         )
 
     return fou.report_progress(report, dt=0.5)

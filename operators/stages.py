@@ -59,7 +59,7 @@ class _StageOperator(foo.Operator):
 
     def _n_train(self, ctx, key):
         cfg = c.gmvruns.get_run_config(ctx.dataset, key)
-        return len(c.gmvruns._load_view(ctx.dataset, cfg.train_view))
+        return len(c.gmvruns.train_view(ctx.dataset, cfg))
 
     def execute(self, ctx):
         key = c.run_key(ctx)

@@ -163,8 +163,6 @@ def test_existing_embeddings_field_encoder(digits):
     assert digits.exists("e_value").count() == 150
 
 
-@pytest.mark.xfail(strict=True, reason="library: a run on an existing embeddings field "
-                   "(model=None) stores model 'NoneType', which load_valuation cannot reload")
 def test_stage_operator_on_existing_embeddings_field_run(digits):
     rng = np.random.default_rng(0)
     digits.set_values("emb", [rng.random(16).astype(np.float32) for _ in range(len(digits))])
