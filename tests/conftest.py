@@ -1,13 +1,17 @@
 """Test setup: an isolated FiftyOne database and plugins directory per session.
 
 The environment is prepared before FiftyOne is imported anywhere, so every test
-talks to a private embedded mongod and loads this checkout as a plugin.
+talks to a private mongod and loads this checkout as a plugin.
 """
 
+import atexit
+import contextlib
 import os
 import pathlib
 import shutil
 import tempfile
+
+from browser import private_mongod  # imports no FiftyOne
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _TMP = pathlib.Path(tempfile.mkdtemp(prefix="gmv-tests-"))
@@ -15,20 +19,21 @@ _PLUGINS = _TMP / "plugins"
 _PLUGINS.mkdir()
 (_PLUGINS / "gmv").symlink_to(ROOT, target_is_directory=True)
 
-os.environ.setdefault("FIFTYONE_DATABASE_DIR", str(_TMP / "db"))
+# atexit runs last-registered first: FiftyOne's own hooks, then our mongod
+# stops, then the temp dir goes.
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
+_MONGOD = contextlib.ExitStack()
+atexit.register(_MONGOD.close)
+# Our own mongod, reached by URI: FiftyOne's embedded service would attach to
+# any FiftyOne database service already running on the machine.
+os.environ["FIFTYONE_DATABASE_URI"] = _MONGOD.enter_context(private_mongod(_TMP / "db"))
 os.environ["FIFTYONE_PLUGINS_DIR"] = str(_PLUGINS)
 os.environ["GMV_RUNS_DIR"] = str(_TMP / "runs")
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
 
-import atexit  # noqa: E402
-
 import pytest  # noqa: E402
-
-# Registered before FiftyOne starts its database, so it runs after FiftyOne's
-# own exit handlers have stopped mongod.
-atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 
 
 @pytest.fixture
