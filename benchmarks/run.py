@@ -25,16 +25,71 @@ ROOT = HERE.parent
 CACHE = HERE / ".cache"
 
 
+def _start_mongod(dbpath):
+    """A private mongod (FiftyOne's binary) on a free local port; returns its URI.
+
+    FiftyOne's embedded database service attaches to any service already running
+    on the machine, so a private database is reached by URI instead.
+    """
+    import atexit
+    import ctypes
+    import importlib.util
+    import shutil
+    import socket
+    import subprocess
+
+    spec = importlib.util.find_spec("fiftyone")
+    mongod = os.path.join(spec.submodule_search_locations[0], "db", "bin", "mongod")
+    shutil.rmtree(dbpath, ignore_errors=True)
+    dbpath.mkdir(parents=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    def die_with_parent():  # SIGTERM the server if this process dies
+        try:
+            ctypes.CDLL("libc.so.6").prctl(1, 15)
+        except OSError:
+            pass
+
+    proc = subprocess.Popen(
+        [mongod, "--dbpath", str(dbpath), "--port", str(port), "--bind_ip", "127.0.0.1",
+         "--nounixsocket", "--logpath", str(dbpath / "mongod.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+    )
+
+    def stop():
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    atexit.register(stop)
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mongod exited with {proc.returncode}; see {dbpath}/mongod.log")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return f"mongodb://127.0.0.1:{port}"
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mongod did not start; see {dbpath}/mongod.log")
+            time.sleep(0.2)
+
+
 def _setup_env(cache):
-    """A private FiftyOne database and run/model caches (before fiftyone is imported)."""
-    os.environ.setdefault("FIFTYONE_DATABASE_DIR", str(cache / "fiftyone-db"))
+    """A private FiftyOne database and run caches; must run before fiftyone is imported."""
+    if "fiftyone" in sys.modules:
+        raise RuntimeError("benchmarks.run must set up its database before fiftyone is imported")
+    if not os.environ.get("FIFTYONE_DATABASE_URI"):
+        os.environ["FIFTYONE_DATABASE_URI"] = _start_mongod(cache / "mongod")
     os.environ.setdefault("GMV_RUNS_DIR", str(cache / "runs"))
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
     os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
-
-
-_setup_env(CACHE)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -52,8 +107,8 @@ SETTINGS = {
         n_train=None,  # all 9,000
         n_generated=10_000,
         n_noisy=100,
-        epochs={"cvae": 20, "cgan": 8},
-        classifier_epochs=4,
+        epochs={"cvae": 30, "cgan": 12},
+        classifier_epochs=5,
         brain_public_queries=200,
     ),
     "quick": dict(
@@ -517,6 +572,7 @@ def main(argv=None):
                    help="results directory (default benchmarks/results, or "
                         "benchmarks/.cache/results-quick with --quick)")
     args = p.parse_args(argv)
+    _setup_env(CACHE)
     mode = "quick" if args.quick else "full"
     s = SETTINGS[mode]
     out_dir = pathlib.Path(args.out) if args.out else (
