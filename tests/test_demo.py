@@ -186,6 +186,18 @@ def test_cgan_and_classifier_one_epoch(tmp_path):
     np.testing.assert_array_equal(generators.generate(loaded, 12, seed=0)[0], out)
 
 
+def test_diffusion_one_epoch(tmp_path):
+    images, labels = _tiny_digits(100)
+    model = generators.train_cdiffusion(images, labels, epochs=1, width=8)
+    out, _ = generators.generate(model, 7, seed=2, sample_steps=3)
+    assert out.shape == (7, 16, 16) and out.dtype == np.uint8
+    guided, _ = generators.generate(model, 7, seed=2, sample_steps=3, guidance=1.0)
+    assert guided.shape == out.shape
+    loaded = generators.load_checkpoint(generators.save_checkpoint(model, tmp_path / "d.pt"))
+    np.testing.assert_array_equal(
+        generators.generate(loaded, 7, seed=2, sample_steps=3)[0], out)
+
+
 def test_cached_trains_once_and_respects_fingerprint(tmp_path):
     images, labels = _tiny_digits(50)
     calls = []

@@ -5,26 +5,28 @@ and the benchmarks. Images go in and come out as ``uint8`` arrays ``(N, H, W)``
 (grayscale 0..255) with ``H`` and ``W`` divisible by 4 (MNIST 28x28, digits at 32x32);
 labels are integer class ids ``0..num_classes-1``.
 
-Training (every function is deterministic for a given ``seed`` and leaves the global
-torch RNG untouched; ``progress=True`` prints one line per epoch, a callable receives
+Training (deterministic for a given ``seed``; the global torch RNG is left untouched;
+``progress=True`` prints one line per epoch, a callable receives
 ``(epoch, epochs, losses_dict)``)::
 
-    vae = train_cvae(images, labels, epochs=30, seed=0)        # conditional conv VAE
-    gan = train_cgan(images, labels, epochs=30, seed=0)        # conditional DCGAN
-    clf = train_classifier(images, labels, epochs=5, seed=0)   # small CNN
-    clf.meta["val_accuracy"]                                   # held-out accuracy
+    vae = train_cvae(images, labels, seed=0)         # conditional conv VAE, 30 epochs
+    gan = train_cgan(images, labels, seed=0)         # conditional DCGAN, 20 epochs
+    dif = train_cdiffusion(images, labels, seed=0)   # tiny conditional diffusion, 12 epochs
+    clf = train_classifier(images, labels, seed=0)   # small CNN, 8 epochs
+    clf.meta["val_accuracy"]                         # its held-out accuracy (10% split)
 
 Sampling and labelling::
 
-    gen_images, conditions = generate(vae, 500, seed=1)   # balanced conditions
+    gen_images, conditions = generate(vae, 500, seed=1)   # balanced conditions 0,1,..,9,0,..
     gen_images, conditions = generate(gan, 3, labels=[7, 7, 1], seed=1)
+    gen_images, conditions = generate(dif, 500, seed=1, sample_steps=10, guidance=0.0)
     predicted = classify(clf, gen_images)                  # int64 (N,)
     agreement(clf, gen_images, conditions)                 # share predicted == condition
 
 Checkpoints (so reruns skip training)::
 
     save_checkpoint(vae, path); vae = load_checkpoint(path)
-    fp = fingerprint(images, labels, epochs=30, seed=0)
+    fp = fingerprint(images, labels, model="cvae", epochs=30, seed=0)
     vae = cached(cache_path("mnist-cvae", cache_dir), lambda: train_cvae(...), fp)
 
 ``cached`` loads the checkpoint when it exists and was trained on the same fingerprint,
@@ -32,12 +34,22 @@ otherwise trains and saves. ``cache_path`` defaults to ``$GMV_CACHE_DIR`` or
 ``~/.cache/gmv_plugin/``. Every model carries ``model.meta`` (``train_seconds``,
 ``epochs``, ``seed``, ``n_train``, ...) which checkpoints keep.
 
+Measured with the defaults on the 10,000 MNIST test images, one torch thread of a busy
+2-core machine (classifier agreement with the condition over 10,000 generated images):
+classifier 23 s, 97.7% held-out accuracy; cVAE 51 s, 93.0%; cGAN 200 s, 97.6%;
+diffusion 196 s, 91.9% (``guidance=1.0``: 99.2%). Generating 10,000 images takes about a
+second from the cVAE or cGAN, 60 s from the diffusion model (10 steps; guidance doubles
+it). On a shared CPU,
+``torch.set_num_threads(1)`` was up to 10x faster than 2 threads (spinning OpenMP workers).
+
 ``device`` arguments default to CUDA when available, else CPU; models are returned on
 that device and saved as CPU tensors.
 """
 
+import copy
 import hashlib
 import json
+import math
 import os
 import pathlib
 import time
@@ -51,9 +63,11 @@ __all__ = [
     "CVAE",
     "CGANGenerator",
     "CGANDiscriminator",
+    "CDiffusion",
     "Classifier",
     "train_cvae",
     "train_cgan",
+    "train_cdiffusion",
     "train_classifier",
     "generate",
     "classify",
@@ -354,6 +368,156 @@ def train_cgan(
     return G
 
 
+# --------------------------------------------------------------------------- diffusion
+
+
+def _timestep_embedding(t, dim):
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+    angles = t.float()[:, None] * freqs[None]
+    return torch.cat([angles.sin(), angles.cos()], 1)
+
+
+class _ResBlock(nn.Module):
+    """Two 3x3 convs with GroupNorm; the (time + class) embedding scales and shifts."""
+
+    def __init__(self, cin, cout, emb_dim):
+        super().__init__()
+        groups = math.gcd(8, cout)
+        self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
+        self.norm1 = nn.GroupNorm(groups, cout)
+        self.norm2 = nn.GroupNorm(groups, cout)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x, e):
+        scale, shift = self.emb(e)[:, :, None, None].chunk(2, 1)
+        h = F.silu(self.norm1(self.conv1(x)) * (1 + scale) + shift)
+        h = F.silu(self.norm2(self.conv2(h)))
+        return h + self.skip(x)
+
+
+class CDiffusion(_Model):
+    """Tiny class-conditional diffusion model: a two-level U-Net predicting v.
+
+    Cosine noise schedule over ``steps`` discrete times; sampling is deterministic DDIM
+    with ``sample_steps`` steps and optional classifier-free ``guidance`` (the class
+    embedding has an extra "no class" entry, used for 10% of training examples).
+    """
+
+    kind = "cdiffusion"
+
+    def __init__(self, image_size=(28, 28), num_classes=10, width=16, steps=1000, emb_dim=64):
+        super().__init__(image_size=list(image_size), num_classes=num_classes,
+                         width=width, steps=steps, emb_dim=emb_dim)
+        self.image_size, self.num_classes = tuple(image_size), num_classes
+        self.steps, self.emb_dim = steps, emb_dim
+        c = width
+        self.t_mlp = nn.Sequential(
+            nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.y_emb = nn.Embedding(num_classes + 1, emb_dim)
+        self.inp = nn.Conv2d(1, c, 3, 1, 1)
+        self.block1 = _ResBlock(c, c, emb_dim)
+        self.down1 = nn.Conv2d(c, 2 * c, 4, 2, 1)
+        self.block2 = _ResBlock(2 * c, 2 * c, emb_dim)
+        self.down2 = nn.Conv2d(2 * c, 2 * c, 4, 2, 1)
+        self.mid = _ResBlock(2 * c, 2 * c, emb_dim)
+        self.up2 = nn.ConvTranspose2d(2 * c, 2 * c, 4, 2, 1)
+        self.block3 = _ResBlock(4 * c, 2 * c, emb_dim)
+        self.up1 = nn.ConvTranspose2d(2 * c, c, 4, 2, 1)
+        self.block4 = _ResBlock(2 * c, c, emb_dim)
+        self.out = nn.Conv2d(c, 1, 3, 1, 1)
+        u = (torch.arange(1, steps + 1, dtype=torch.float64) / steps + 0.008) / 1.008
+        abar = torch.cos(u * math.pi / 2) ** 2 / math.cos(0.008 / 1.008 * math.pi / 2) ** 2
+        self.register_buffer("abar", abar.clamp(1e-5, 0.9999).float(), persistent=False)
+
+    def forward(self, x, t, y):
+        """v-prediction for noisy images ``x`` (in [-1, 1] scale) at times ``t``."""
+        e = self.t_mlp(_timestep_embedding(t, self.emb_dim)) + self.y_emb(y)
+        h1 = self.block1(self.inp(x), e)
+        h2 = self.block2(self.down1(h1), e)
+        h = self.mid(self.down2(h2), e)
+        h = self.block3(torch.cat([self.up2(h), h2], 1), e)
+        h = self.block4(torch.cat([self.up1(h), h1], 1), e)
+        return self.out(h)
+
+    @torch.no_grad()
+    def sample(self, labels, gen, sample_steps=10, guidance=0.0):
+        n, dev = len(labels), self.device
+        x = torch.randn(n, 1, *self.image_size, generator=gen).to(dev)
+        times = torch.linspace(self.steps - 1, 0, sample_steps).round().long().tolist()
+        null = torch.full_like(labels, self.num_classes)
+        for i, t in enumerate(times):
+            tt = torch.full((n,), t, device=dev, dtype=torch.long)
+            if guidance:
+                v_c, v_u = self(torch.cat([x, x]), torch.cat([tt, tt]),
+                                torch.cat([labels, null])).chunk(2)
+                v = v_u + (1 + guidance) * (v_c - v_u)
+            else:
+                v = self(x, tt, labels)
+            a = self.abar[t]
+            x0 = (a.sqrt() * x - (1 - a).sqrt() * v).clamp(-1, 1)
+            if i + 1 == len(times):
+                x = x0
+                break
+            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+            a_next = self.abar[times[i + 1]]
+            x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+        return (x + 1) / 2
+
+
+def train_cdiffusion(
+    images, labels, epochs=12, seed=0, progress=False, num_classes=None, width=16,
+    steps=1000, batch_size=128, lr=2e-3, ema=0.995, p_uncond=0.1, device=None,
+):
+    """Train a :class:`CDiffusion`; returns the exponential moving average of its weights.
+
+    Sample with ``generate(model, n, sample_steps=10, guidance=0.0)``; ``guidance > 0``
+    (classifier-free) follows the class more closely at twice the sampling cost.
+    """
+    dev = _device(device)
+    x = _to_float(images) * 2 - 1
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    num_classes = num_classes or int(y.max()) + 1
+    t0 = time.time()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        model = CDiffusion(tuple(x.shape[2:]), num_classes, width, steps).to(dev)
+        avg = copy.deepcopy(model)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, lr, total_steps=epochs * math.ceil(len(x) / batch_size), pct_start=0.05)
+        model.train()
+        for epoch in range(1, epochs + 1):
+            tot, nb = 0.0, 0
+            for idx in _batches(len(x), batch_size, gen):
+                xb, yb = x[idx], y[idx].clone()
+                yb[torch.rand(len(yb), generator=gen) < p_uncond] = num_classes
+                t = torch.randint(0, steps, (len(xb),), generator=gen)
+                noise = torch.randn(xb.shape, generator=gen)
+                xb, yb, t, noise = xb.to(dev), yb.to(dev), t.to(dev), noise.to(dev)
+                a = model.abar[t][:, None, None, None]
+                target = a.sqrt() * noise - (1 - a).sqrt() * xb
+                loss = F.mse_loss(model(a.sqrt() * xb + (1 - a).sqrt() * noise, t, yb), target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                with torch.no_grad():
+                    for pa, pm in zip(avg.parameters(), model.parameters()):
+                        pa.lerp_(pm, 1 - ema)
+                tot += loss.item()
+                nb += 1
+            _report(progress, epoch, epochs, {"loss": tot / nb}, "cdiffusion", t0)
+    avg.eval()
+    avg.meta.update(
+        train_seconds=round(time.time() - t0, 2), epochs=epochs, seed=seed, n_train=len(x),
+    )
+    return avg
+
+
 # --------------------------------------------------------------------------- classifier
 
 
@@ -455,11 +619,12 @@ def agreement(classifier, images, conditions):
 # --------------------------------------------------------------------------- sampling
 
 
-def generate(model, n, labels=None, seed=0, batch_size=500):
-    """Sample ``n`` images from a trained cVAE or cGAN generator.
+def generate(model, n, labels=None, seed=0, batch_size=500, **sample_options):
+    """Sample ``n`` images from a trained cVAE, cGAN generator or diffusion model.
 
     ``labels`` (length ``n``) are the class conditions; default :func:`balanced_labels`.
-    Returns ``(images uint8 (n, H, W), labels int64 (n,))``.
+    ``sample_options`` go to the model's sampler (diffusion: ``sample_steps``,
+    ``guidance``). Returns ``(images uint8 (n, H, W), labels int64 (n,))``.
     """
     labels = balanced_labels(n, model.num_classes) if labels is None else np.asarray(labels)
     labels = labels.astype(np.int64)
@@ -470,7 +635,7 @@ def generate(model, n, labels=None, seed=0, batch_size=500):
     out = []
     for b in range(0, n, batch_size):
         yb = torch.from_numpy(labels[b : b + batch_size]).to(model.device)
-        out.append(_to_uint8(model.sample(yb, gen)))
+        out.append(_to_uint8(model.sample(yb, gen, **sample_options)))
     if not out:
         h, w = model.image_size
         return np.zeros((0, h, w), np.uint8), labels
@@ -479,7 +644,10 @@ def generate(model, n, labels=None, seed=0, batch_size=500):
 
 # --------------------------------------------------------------------------- checkpoints
 
-_KINDS = {cls.kind: cls for cls in (CVAE, CGANGenerator, CGANDiscriminator, Classifier)}
+_KINDS = {
+    cls.kind: cls
+    for cls in (CVAE, CGANGenerator, CGANDiscriminator, CDiffusion, Classifier)
+}
 
 
 def save_checkpoint(model, path):

@@ -134,8 +134,10 @@ def main(argv=None):
     images, labels = data.load_digits(size=args.size)
     print(f"Loaded {len(images)} scikit-learn digits at {args.size}x{args.size}")
     vae, clf = train_models(images, labels, args)
-    print(f"cVAE: {'cached' if vae.meta['cached'] else 'trained in %.1fs' % vae.meta['train_seconds']}; "
-          f"classifier: {'cached' if clf.meta['cached'] else 'trained in %.1fs' % clf.meta['train_seconds']}, "
+    def how(m):
+        return "cached" if m.meta["cached"] else f"trained in {m.meta['train_seconds']:.1f}s"
+
+    print(f"cVAE: {how(vae)}; classifier: {how(clf)}, "
           f"held-out accuracy {clf.meta['val_accuracy']:.3f}")
     gen_images, conditions = g.generate(vae, args.n_generated, seed=args.seed + 1)
     predicted = g.classify(clf, gen_images)
