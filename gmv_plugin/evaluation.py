@@ -350,6 +350,10 @@ def cleansing(dataset, key, corrupted, fractions=(0.01, 0.05, 0.10)):
         },
         "share_in_lowest": share,
         "auc": _auc(mask, -vals),
+        # samples tied at the lowest value (e.g. 0: never a contributor) can't be
+        # told apart; they are what keeps the AUC below 1 when all corrupted sit there
+        "num_at_min_value": int((vals == vals.min()).sum()),
+        "num_corrupted_at_min_value": int((vals[mask] == vals.min()).sum()),
         "mean_value_corrupted": float(vals[mask].mean()),
         "mean_value_clean": float(vals[~mask].mean()),
     }

@@ -139,6 +139,7 @@ def test_c3_hand_computed(c3_dataset):
         assert out["share_in_lowest"] == pytest.approx({"0.01": 0, "0.05": 1 / 3, "0.1": 2 / 3})
         # pairs (bad, clean) where bad < clean: 17 + 17 + 14 of 3 * 17
         assert out["auc"] == pytest.approx(48 / 51)
+        assert out["num_at_min_value"] == out["num_corrupted_at_min_value"] == 1
         json.dumps(out)
 
 
@@ -147,6 +148,7 @@ def test_c3_ties_averaged(c3_dataset):
     out = ev.cleansing(c3_dataset, KEY, "noisy")
     assert out["auc"] == pytest.approx(0.5)
     assert out["share_in_lowest"]["0.1"] == 0
+    assert out["num_at_min_value"] == 20 and out["num_corrupted_at_min_value"] == 3
 
 
 def test_c3_errors(c3_dataset):
