@@ -144,22 +144,26 @@ def render(res):
     add("")
     add(f"{d['n_noisy']} noisy images among {d['n_valued']} valued training images, "
         f"{d['n_generated']} generated images. Percentiles are of the noisy images' values "
-        "(ties averaged: images that no generated image recalled share one rank).")
+        "(ties averaged: images that no generated image recalled share one rank). The last "
+        "column counts the training images tied at the lowest value (0 for GMValuator: never a "
+        "contributor), and the noisy ones among them: a tie costs AUC even when every noisy "
+        "image is in it.")
     for fam, g in res["generators"].items():
         add("")
         add(f"### {FAMILY.get(fam, fam)}")
         add("")
-        add("| method | AUC | in lowest 1% | lowest 5% | lowest 10% | median pct | max pct |")
-        add("| --- | --- | --- | --- | --- | --- | --- |")
+        add("| method | AUC | in lowest 1% | lowest 5% | lowest 10% | median pct | max pct | tied at min: all / noisy |")
+        add("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for name, r in _rows(g):
             if r.get("status") != "ok":
-                add(f"| {LABELS.get(name, name)} | {r.get('status')} | | | | | |")
+                add(f"| {LABELS.get(name, name)} | {r.get('status')} | | | | | | |")
                 continue
             c3 = r["C3"]
             s = c3["share_in_lowest"]
             add(f"| {LABELS.get(name, name)} | {c3['auc']:.4f} | {_pct(s['0.01'], 0)}% | "
                 f"{_pct(s['0.05'], 0)}% | {_pct(s['0.1'], 0)}% | "
-                f"{c3['percentiles']['median']:.2f} | {c3['percentiles']['max']:.2f} |")
+                f"{c3['percentiles']['median']:.2f} | {c3['percentiles']['max']:.2f} | "
+                f"{c3.get('num_at_min_value', '—')} / {c3.get('num_corrupted_at_min_value', '—')} |")
     add("")
 
     qs = [(fam, name, r["quality_scores"]) for fam, g in res["generators"].items()

@@ -107,7 +107,7 @@ SETTINGS = {
         n_train=None,  # all 9,000
         n_generated=10_000,
         n_noisy=100,
-        epochs={"cvae": 30, "cgan": 12},
+        epochs={"cvae": 30, "cgan": 30},
         classifier_epochs=5,
         brain_public_queries=200,
     ),
