@@ -119,25 +119,27 @@ def render(res):
     add("## C1 identical class (%)")
     add("")
     add("Labels of generated images from the independent classifier; \"cond.\" uses the "
-        "generator's condition instead. Ceiling (L2 / cosine) beside every row.")
+        "generator's condition instead; \"agreeing\" keeps only the generated images whose "
+        "classifier label equals their condition (a diagnostic of generator quality). "
+        "Ceiling (L2 / cosine) beside every row.")
     for fam, g in res["generators"].items():
         add("")
         add(f"### {FAMILY.get(fam, fam)}")
         add("")
-        add("| method | C1@30 | C1@50 | C1@100 | C1@30 cond. | ceiling@30 L2 / cos | paper (MNIST) @30/50/100 |")
-        add("| --- | --- | --- | --- | --- | --- | --- |")
+        add("| method | C1@30 | C1@50 | C1@100 | C1@30 cond. | C1@30 agreeing | ceiling@30 L2 / cos | paper (MNIST) @30/50/100 |")
+        add("| --- | --- | --- | --- | --- | --- | --- | --- |")
         cl = f"{_pct(ceil['l2']['30'])} / {_pct(ceil['cosine']['30'])}"
         for name, r in _rows(g):
             paper = PAPER_C1.get(fam, {}).get(name)
             pp = " / ".join("—" if v is None else f"{v:.2f}" for v in paper) if paper else "—"
             if r.get("status") != "ok":
-                add(f"| {LABELS.get(name, name)} | {r.get('status')} | | | | {cl} | {pp} |")
+                add(f"| {LABELS.get(name, name)} | {r.get('status')} | | | | | {cl} | {pp} |")
                 continue
             add(f"| {LABELS.get(name, name)} | " + " | ".join(_pct(r["C1"][k]) for k in ks)
-                + f" | {_pct(r['C1_condition']['30'])} | {cl} | {pp} |")
+                + f" | {_pct(r['C1_condition']['30'])} | {_pct(r.get('C1_agreeing', {}).get('30'))} | {cl} | {pp} |")
         tr = PAPER_C1.get(fam, {}).get("VAE-TracIn")
         if tr:
-            add(f"| paper: VAE-TracIn | | | | | | {' / '.join(f'{v:.2f}' for v in tr)} |")
+            add(f"| paper: VAE-TracIn | | | | | | | {' / '.join(f'{v:.2f}' for v in tr)} |")
     add("")
 
     add("## C3 data cleansing")

@@ -290,6 +290,13 @@ def build_dataset(fam, d, gen, images_dir, quick):
     return ds
 
 
+def _agreeing(ds):
+    """Training samples plus the generated ones the classifier labels as their condition."""
+    from fiftyone import ViewField as F
+
+    return ds.match(~F("condition").exists() | (F("ground_truth.label") == F("condition.label")))
+
+
 def evaluate_key(ds, key, with_c4=True):
     """All criteria of one valuation (run or baseline) as a dict."""
     from gmv_plugin import evaluation as ev
@@ -299,6 +306,8 @@ def evaluate_key(ds, key, with_c4=True):
         "C1_condition": ev.identical_class(
             ds, key, "condition", ks=KS, train_label_field="ground_truth"
         )["identical_class"],
+        # diagnostic: only generated images whose classifier label equals their condition
+        "C1_agreeing": ev.identical_class(_agreeing(ds), key, "ground_truth", ks=KS)["identical_class"],
         "C3": ev.cleansing(ds, key, "noisy"),
         "membership": ev.membership(ds, key, "member", "non_member"),
     }
