@@ -65,6 +65,7 @@ def _start_mongod(dbpath):
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+        shutil.rmtree(dbpath, ignore_errors=True)
 
     atexit.register(stop)
     deadline = time.monotonic() + 60
@@ -85,7 +86,7 @@ def _setup_env(cache):
     if "fiftyone" in sys.modules:
         raise RuntimeError("benchmarks.run must set up its database before fiftyone is imported")
     if not os.environ.get("FIFTYONE_DATABASE_URI"):
-        os.environ["FIFTYONE_DATABASE_URI"] = _start_mongod(cache / "mongod")
+        os.environ["FIFTYONE_DATABASE_URI"] = _start_mongod(cache / "mongod" / str(os.getpid()))
     os.environ.setdefault("GMV_RUNS_DIR", str(cache / "runs"))
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
     os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
