@@ -11,6 +11,7 @@ import sys
 
 import fiftyone.core.fields as fof
 import fiftyone.core.utils as fou
+import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from fiftyone import ViewField as F
 
@@ -505,6 +506,20 @@ def config_defaults(dataset, key):
 
 
 # ------------------------------------------------------ execution helpers
+
+
+def operator_config(name, label, description, delegated=False, **kwargs):
+    """The config of a dynamic operator that runs immediately, and delegated
+    too when ``delegated``; ``kwargs`` are further ``OperatorConfig`` options."""
+    return foo.OperatorConfig(
+        name=name,
+        label=label,
+        description=description,
+        dynamic=True,
+        allow_immediate_execution=True,
+        allow_delegated_execution=delegated,
+        **kwargs,
+    )
 
 
 def add_delegate(inputs, default):

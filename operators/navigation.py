@@ -38,25 +38,15 @@ def _placement(ctx, label):
     )
 
 
-def _config(name, label, description):
-    return foo.OperatorConfig(
-        name=name,
-        label=label,
-        description=description,
-        dynamic=True,
-        allow_immediate_execution=True,
-        allow_delegated_execution=False,
-    )
-
-
 class ShowContributors(foo.Operator):
     """Shows the training samples credited by the selected generated samples,
     best first, with their scores in the output."""
 
     @property
     def config(self):
-        return _config("show_contributors", "GMValuator: show contributors",
-                       "Show the training images credited by the selected generated images")
+        return c.operator_config(
+            "show_contributors", "GMValuator: show contributors",
+            "Show the training images credited by the selected generated images")
 
     def resolve_placement(self, ctx):
         return _placement(ctx, "GMValuator: show contributors")
@@ -108,8 +98,9 @@ class ShowContributions(foo.Operator):
 
     @property
     def config(self):
-        return _config("show_contributions", "GMValuator: show contributions",
-                       "Show the generated images the selected training images contributed to")
+        return c.operator_config(
+            "show_contributions", "GMValuator: show contributions",
+            "Show the generated images the selected training images contributed to")
 
     def resolve_placement(self, ctx):
         return _placement(ctx, "GMValuator: show contributions")
@@ -159,8 +150,9 @@ class SortByValue(foo.Operator):
 
     @property
     def config(self):
-        return _config("sort_by_value", "GMValuator: sort training samples by value",
-                       "Most or least valuable training images first; filter zero-value ones")
+        return c.operator_config(
+            "sort_by_value", "GMValuator: sort training samples by value",
+            "Most or least valuable training images first; filter zero-value ones")
 
     def resolve_input(self, ctx):
         inputs = types.Object()

@@ -13,14 +13,12 @@ class ComputeValues(foo.Operator):
 
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="compute_values",
-            label="GMValuator: compute values",
-            description="Value every training image from the generated images "
+        return c.operator_config(
+            "compute_values",
+            "GMValuator: compute values",
+            "Value every training image from the generated images "
             "(embed, recall, re-rank, quality, values)",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+            delegated=True,
             default_choice_to_delegated=True,
         )
 
@@ -67,14 +65,12 @@ class UpdateValues(foo.Operator):
 
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="update_values",
-            label="GMValuator: value new generated samples",
-            description="Add generated samples to a run: only the new ones are embedded "
+        return c.operator_config(
+            "update_values",
+            "GMValuator: value new generated samples",
+            "Add generated samples to a run: only the new ones are embedded "
             "and scored; training values are updated",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+            delegated=True,
             default_choice_to_delegated=True,
         )
 

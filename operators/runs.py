@@ -12,14 +12,6 @@ import fiftyone.operators.types as types
 from . import _common as c
 
 
-def _config(name, label, description, unlisted=False):
-    return foo.OperatorConfig(
-        name=name, label=label, description=description, dynamic=True,
-        allow_immediate_execution=True, allow_delegated_execution=False,
-        unlisted=unlisted,
-    )
-
-
 def _run_summary(dataset, key):
     """One row per run: config essentials, counts and timings."""
     info = dataset.get_run_info(key)
@@ -52,8 +44,9 @@ class ListRuns(foo.Operator):
 
     @property
     def config(self):
-        return _config("list_gmv_runs", "GMValuator: list runs",
-                       "The valuation runs on this dataset, with config and timings")
+        return c.operator_config(
+            "list_gmv_runs", "GMValuator: list runs",
+            "The valuation runs on this dataset, with config and timings")
 
     def execute(self, ctx):
         runs, timings = [], {}
@@ -83,8 +76,9 @@ class GetRunInfo(foo.Operator):
 
     @property
     def config(self):
-        return _config("get_gmv_run_info", "GMValuator: run info",
-                       "Config, stage timings and counts of a valuation run")
+        return c.operator_config(
+            "get_gmv_run_info", "GMValuator: run info",
+            "Config, stage timings and counts of a valuation run")
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -121,8 +115,9 @@ class RenameRun(foo.Operator):
 
     @property
     def config(self):
-        return _config("rename_gmv_run", "GMValuator: rename run",
-                       "Rename a valuation run, its fields and files")
+        return c.operator_config(
+            "rename_gmv_run", "GMValuator: rename run",
+            "Rename a valuation run, its fields and files")
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -151,8 +146,9 @@ class DeleteRun(foo.Operator):
 
     @property
     def config(self):
-        return _config("delete_gmv_run", "GMValuator: delete run",
-                       "Delete a valuation run with its fields and files")
+        return c.operator_config(
+            "delete_gmv_run", "GMValuator: delete run",
+            "Delete a valuation run with its fields and files")
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -179,8 +175,9 @@ class ValuationReport(foo.Operator):
 
     @property
     def config(self):
-        return _config("gmv_report", "GMValuator: report",
-                       "Counts, value distribution, most/least valuable samples and timings")
+        return c.operator_config(
+            "gmv_report", "GMValuator: report",
+            "Counts, value distribution, most/least valuable samples and timings")
 
     def resolve_input(self, ctx):
         inputs = types.Object()

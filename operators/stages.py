@@ -25,14 +25,9 @@ class _StageOperator(foo.Operator):
 
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name=self.name,
-            label=self.label,
-            description=self.description,
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=self.delegate_default,
+        return c.operator_config(
+            self.name, self.label, self.description,
+            delegated=True, default_choice_to_delegated=self.delegate_default,
         )
 
     def stage_inputs(self, inputs, ctx, defaults, n_train):
