@@ -580,8 +580,11 @@ def _samples_table():
     return table
 
 
-def report_outputs(outputs):
-    """Output fields for :func:`report_result`."""
+def report_output(outputs=None):
+    """The output of an operator returning :func:`report_result`: its
+    fields, after those already in ``outputs``."""
+    if outputs is None:
+        outputs = types.Object()
     outputs.str("summary", label="Summary", view=types.MarkdownView())
     outputs.str("histogram", label="Value distribution",
                 view=types.ImageView(width="640px", alt="value histogram"))
@@ -589,6 +592,7 @@ def report_outputs(outputs):
                  view=_samples_table())
     outputs.list("bottom", types.Object(), label="Least valuable training samples",
                  view=_samples_table())
+    return types.Property(outputs, view=types.View(label="GMValuator run report"))
 
 
 __all__ = ["gmv", "gmvnav", "gmvreport", "gmvruns", "gmvw"]

@@ -53,9 +53,7 @@ class ComputeValues(foo.Operator):
         return dict(key=key, **c.report_result(ctx.dataset, key))
 
     def resolve_output(self, ctx):
-        outputs = types.Object()
-        c.report_outputs(outputs)
-        return types.Property(outputs, view=types.View(label="GMValuator run report"))
+        return c.report_output()
 
 
 class UpdateValues(foo.Operator):
@@ -108,8 +106,7 @@ class UpdateValues(foo.Operator):
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.int("num_added", label="Generated samples added")
-        c.report_outputs(outputs)
-        return types.Property(outputs, view=types.View(label="GMValuator run report"))
+        return c.report_output(outputs)
 
 
 OPERATORS = [ComputeValues, UpdateValues]

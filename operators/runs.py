@@ -190,9 +190,7 @@ class ValuationReport(foo.Operator):
         return dict(key=key, **c.report_result(ctx.dataset, key, n=int(c.param(ctx, "n", 10))))
 
     def resolve_output(self, ctx):
-        outputs = types.Object()
-        c.report_outputs(outputs)
-        return types.Property(outputs, view=types.View(label="GMValuator run report"))
+        return c.report_output()
 
 
 OPERATORS = [ListRuns, GetRunInfo, RenameRun, DeleteRun, ValuationReport]

@@ -235,9 +235,7 @@ class AssignValues(_StageOperator):
         return dict(key=key, **c.report_result(ctx.dataset, key))
 
     def resolve_output(self, ctx):
-        outputs = types.Object()
-        c.report_outputs(outputs)
-        return types.Property(outputs, view=types.View(label="GMValuator run report"))
+        return c.report_output()
 
 
 OPERATORS = [
