@@ -482,6 +482,25 @@ def full_kwargs(ctx, n_train):
     return kw
 
 
+def add_new_run(inputs, ctx):
+    """The form of a new run: its training and generated samples, its key and
+    every valuation option."""
+    n_train = add_sample_set(inputs, ctx, "train", "Training samples", "train")
+    add_sample_set(inputs, ctx, "generated", "Generated samples", "generated")
+    add_new_key(inputs, ctx)
+    add_full_config(inputs, ctx, n_train)
+
+
+def new_run_args(ctx):
+    """``(train, generated, kwargs)`` of the run :func:`add_new_run`'s form
+    describes; ``kwargs`` holds ``key``, ``overwrite`` and every option."""
+    train = resolve_samples(ctx, "train", "train")
+    generated = resolve_samples(ctx, "generated", "generated")
+    kwargs = dict(key=param(ctx, "key", "gmv"), overwrite=bool(param(ctx, "overwrite", False)))
+    kwargs.update(full_kwargs(ctx, len(train)))
+    return train, generated, kwargs
+
+
 def config_defaults(dataset, key):
     """Form defaults taken from run ``key``'s config."""
     c = gmvruns.get_run_config(dataset, key)

@@ -24,10 +24,7 @@ class ComputeValues(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        n_train = c.add_sample_set(inputs, ctx, "train", "Training samples", "train")
-        c.add_sample_set(inputs, ctx, "generated", "Generated samples", "generated")
-        c.add_new_key(inputs, ctx)
-        c.add_full_config(inputs, ctx, n_train)
+        c.add_new_run(inputs, ctx)
         c.add_delegate(inputs, default=True)
         return types.Property(inputs, view=types.View(label="GMValuator: compute values"))
 
@@ -38,16 +35,10 @@ class ComputeValues(foo.Operator):
         return "GMValuator compute_values (key=%s)" % c.param(ctx, "key", "gmv")
 
     def execute(self, ctx):
-        train = c.resolve_samples(ctx, "train", "train")
-        generated = c.resolve_samples(ctx, "generated", "generated")
-        key = c.param(ctx, "key", "gmv")
+        train, generated, kwargs = c.new_run_args(ctx)
+        key = kwargs["key"]
         c.gmv.compute_values(
-            train,
-            generated,
-            key=key,
-            overwrite=bool(c.param(ctx, "overwrite", False)),
-            progress=c.progress(ctx, "GMValuator %r" % key),
-            **c.full_kwargs(ctx, len(train)),
+            train, generated, progress=c.progress(ctx, "GMValuator %r" % key), **kwargs
         )
         ctx.ops.reload_dataset()
         return dict(key=key, **c.report_result(ctx.dataset, key))

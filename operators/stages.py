@@ -107,10 +107,7 @@ class ComputeGMVEmbeddings(_StageOperator):
             if key is not None:
                 c.add_encoder(inputs, ctx, c.config_defaults(ctx.dataset, key))
         else:
-            n_train = c.add_sample_set(inputs, ctx, "train", "Training samples", "train")
-            c.add_sample_set(inputs, ctx, "generated", "Generated samples", "generated")
-            c.add_new_key(inputs, ctx)
-            c.add_full_config(inputs, ctx, n_train)
+            c.add_new_run(inputs, ctx)
         c.add_delegate(inputs, default=self.delegate_default)
         return types.Property(inputs, view=types.View(label=self.label))
 
@@ -124,13 +121,9 @@ class ComputeGMVEmbeddings(_StageOperator):
             mode = "existing" if c.param(ctx, "run_key") else "new"
         if mode == "existing":
             return super().execute(ctx)
-        train = c.resolve_samples(ctx, "train", "train")
-        generated = c.resolve_samples(ctx, "generated", "generated")
-        key = c.param(ctx, "key", "gmv")
-        c.gmv.init_valuation(
-            train, generated, key=key, overwrite=bool(c.param(ctx, "overwrite", False)),
-            **c.full_kwargs(ctx, len(train)),
-        )
+        train, generated, kwargs = c.new_run_args(ctx)
+        key = kwargs["key"]
+        c.gmv.init_valuation(train, generated, **kwargs)
         results = c.gmv.compute_embeddings(
             ctx.dataset, key=key, progress=c.progress(ctx, "%s %r" % (self.label, key))
         )
