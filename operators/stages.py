@@ -58,7 +58,10 @@ class _StageOperator(foo.Operator):
 
     def execute(self, ctx):
         key = c.run_key(ctx)
-        kwargs = self.stage_kwargs(ctx, self._n_train(ctx, key))
+        return self.run_stage(ctx, key, **self.stage_kwargs(ctx, self._n_train(ctx, key)))
+
+    def run_stage(self, ctx, key, **kwargs):
+        """Runs the stage on run ``key`` with config updates ``kwargs``."""
         results = getattr(c.gmv, self.stage_fn)(
             ctx.dataset, key=key, progress=c.progress(ctx, "%s %r" % (self.label, key)), **kwargs
         )
@@ -122,12 +125,8 @@ class ComputeGMVEmbeddings(_StageOperator):
         if mode == "existing":
             return super().execute(ctx)
         train, generated, kwargs = c.new_run_args(ctx)
-        key = kwargs["key"]
         c.gmv.init_valuation(train, generated, **kwargs)
-        results = c.gmv.compute_embeddings(
-            ctx.dataset, key=key, progress=c.progress(ctx, "%s %r" % (self.label, key))
-        )
-        return self.result(ctx, key, results)
+        return self.run_stage(ctx, kwargs["key"])
 
     def stage_kwargs(self, ctx, n_train):
         return c.encoder_kwargs(ctx) if c.param(ctx, "encoder") is not None else {}
