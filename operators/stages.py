@@ -13,15 +13,23 @@ import fiftyone.operators.types as types
 from . import _common as c
 
 
+def _number(name, cast):
+    """The config update of numeric form field ``name``."""
+    return lambda ctx: {name: cast(c.param(ctx, name))}
+
+
 class _StageOperator(foo.Operator):
     """Base class: ``name``, ``label``, ``stage_fn`` (a library stage
-    function name), ``delegate_default`` and the stage's form/kwargs."""
+    function name), ``delegate_default``, the stage's form and ``updates``."""
 
     name = None
     label = None
     description = None
     stage_fn = None
     delegate_default = False
+    #: ``(form parameter, function of ctx giving config updates)`` pairs; an
+    #: update applies only when the form gives its parameter
+    updates = ()
 
     @property
     def config(self):
@@ -34,8 +42,12 @@ class _StageOperator(foo.Operator):
         """Adds the stage's options."""
 
     def stage_kwargs(self, ctx, n_train):
-        """The stage's config updates."""
-        return {}
+        """The stage's config updates (see ``updates``)."""
+        kwargs = {}
+        for name, update in self.updates:
+            if c.param(ctx, name) is not None:
+                kwargs.update(update(ctx))
+        return kwargs
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -96,6 +108,7 @@ class ComputeGMVEmbeddings(_StageOperator):
     stage = "embed"
     next_step = "build the index"
     delegate_default = True
+    updates = (("encoder", c.encoder_kwargs),)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -128,9 +141,6 @@ class ComputeGMVEmbeddings(_StageOperator):
         c.gmv.init_valuation(train, generated, **kwargs)
         return self.run_stage(ctx, kwargs["key"])
 
-    def stage_kwargs(self, ctx, n_train):
-        return c.encoder_kwargs(ctx) if c.param(ctx, "encoder") is not None else {}
-
 
 class BuildGMVIndex(_StageOperator):
     """Builds the recall index over a run's training embeddings."""
@@ -141,12 +151,10 @@ class BuildGMVIndex(_StageOperator):
     stage_fn = "build_index"
     stage = "index"
     next_step = "recall contributors"
+    updates = (("index", c.index_kwargs),)
 
     def stage_inputs(self, inputs, ctx, defaults, n_train):
         c.add_index(inputs, ctx, n_train, defaults)
-
-    def stage_kwargs(self, ctx, n_train):
-        return c.index_kwargs(ctx) if c.param(ctx, "index") is not None else {}
 
 
 class RecallContributors(_StageOperator):
@@ -158,13 +166,10 @@ class RecallContributors(_StageOperator):
     stage_fn = "recall_contributors"
     stage = "recall"
     next_step = "re-rank"
+    updates = (("recall_k", _number("recall_k", int)),)
 
     def stage_inputs(self, inputs, ctx, defaults, n_train):
         c.add_recall_k(inputs, ctx, n_train, defaults)
-
-    def stage_kwargs(self, ctx, n_train):
-        r = c.param(ctx, "recall_k")
-        return {} if r is None else {"recall_k": int(r)}
 
 
 class RerankContributors(_StageOperator):
@@ -176,16 +181,11 @@ class RerankContributors(_StageOperator):
     stage_fn = "rerank_contributors"
     stage = "rerank"
     next_step = "score quality"
+    updates = (("rerank", c.rerank_kwargs), ("k", _number("k", int)))
 
     def stage_inputs(self, inputs, ctx, defaults, n_train):
         c.add_rerank(inputs, ctx, defaults)
         c.add_k(inputs, ctx, n_train, defaults)
-
-    def stage_kwargs(self, ctx, n_train):
-        kw = c.rerank_kwargs(ctx) if c.param(ctx, "rerank") is not None else {}
-        if c.param(ctx, "k") is not None:
-            kw["k"] = int(c.param(ctx, "k"))
-        return kw
 
 
 class ScoreQuality(_StageOperator):
@@ -197,12 +197,10 @@ class ScoreQuality(_StageOperator):
     stage_fn = "score_quality"
     stage = "quality"
     next_step = "assign values"
+    updates = (("quality", c.quality_kwargs),)
 
     def stage_inputs(self, inputs, ctx, defaults, n_train):
         c.add_quality(inputs, ctx, defaults)
-
-    def stage_kwargs(self, ctx, n_train):
-        return c.quality_kwargs(ctx) if c.param(ctx, "quality") is not None else {}
 
 
 class AssignValues(_StageOperator):
@@ -214,13 +212,10 @@ class AssignValues(_StageOperator):
     description = "Compute Eq. 3/4 and write the value and contributor fields"
     stage_fn = "assign_values"
     stage = "values"
+    updates = (("temperature", _number("temperature", float)),)
 
     def stage_inputs(self, inputs, ctx, defaults, n_train):
         c.add_temperature(inputs, ctx, defaults)
-
-    def stage_kwargs(self, ctx, n_train):
-        t = c.param(ctx, "temperature")
-        return {} if t is None else {"temperature": float(t)}
 
     def result(self, ctx, key, results):
         ctx.ops.reload_dataset()
