@@ -590,13 +590,20 @@ def report_result(dataset, key, n=10):
     }
 
 
-def _samples_table():
+def table_view(columns):
+    """A table view of ``columns``, ``(key, label)`` pairs."""
     table = types.TableView()
-    table.add_column("filename", label="Sample")
-    table.add_column("value", label="Value")
-    table.add_column("hits", label="Credited by (generated samples)")
-    table.add_column("id", label="ID")
+    for key, label in columns:
+        table.add_column(key, label=label)
     return table
+
+
+_SAMPLES_COLUMNS = (
+    ("filename", "Sample"),
+    ("value", "Value"),
+    ("hits", "Credited by (generated samples)"),
+    ("id", "ID"),
+)
 
 
 def report_output(outputs=None):
@@ -608,9 +615,9 @@ def report_output(outputs=None):
     outputs.str("histogram", label="Value distribution",
                 view=types.ImageView(width="640px", alt="value histogram"))
     outputs.list("top", types.Object(), label="Most valuable training samples",
-                 view=_samples_table())
+                 view=table_view(_SAMPLES_COLUMNS))
     outputs.list("bottom", types.Object(), label="Least valuable training samples",
-                 view=_samples_table())
+                 view=table_view(_SAMPLES_COLUMNS))
     return types.Property(outputs, view=types.View(label="GMValuator run report"))
 
 

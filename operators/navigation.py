@@ -38,23 +38,49 @@ def _placement(ctx, label):
     )
 
 
-class ShowContributors(foo.Operator):
-    """Shows the training samples credited by the selected generated samples,
-    best first, with their scores in the output."""
+class _SelectionOperator(foo.Operator):
+    """Base: an operator on the ``selection`` samples selected in the grid,
+    started from a grid button; it outputs a summary and the table ``rows``
+    (``columns``: ``(key, label)`` pairs)."""
+
+    name = None
+    label = None
+    description = None
+    selection = None
+    rows = None
+    columns = ()
 
     @property
     def config(self):
-        return c.operator_config(
-            "show_contributors", "GMValuator: show contributors",
-            "Show the training images credited by the selected generated images")
+        return c.operator_config(self.name, self.label, self.description)
 
     def resolve_placement(self, ctx):
-        return _placement(ctx, "GMValuator: show contributors")
+        return _placement(ctx, self.label)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        _selection_inputs(inputs, ctx, "generated")
-        return types.Property(inputs, view=types.View(label="GMValuator: show contributors"))
+        _selection_inputs(inputs, ctx, self.selection)
+        return types.Property(inputs, view=types.View(label=self.label))
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("summary", label="Summary", view=types.MarkdownView())
+        title = self.rows.capitalize()
+        outputs.list(self.rows, types.Object(), label=title, view=c.table_view(self.columns))
+        return types.Property(outputs, view=types.View(label=title))
+
+
+class ShowContributors(_SelectionOperator):
+    """Shows the training samples credited by the selected generated samples,
+    best first, with their scores in the output."""
+
+    name = "show_contributors"
+    label = "GMValuator: show contributors"
+    description = "Show the training images credited by the selected generated images"
+    selection = "generated"
+    rows = "contributors"
+    columns = (("rank", "Rank"), ("filename", "Training sample"), ("score", "Score (credit)"),
+               ("distance", "Distance"), ("id", "ID"))
 
     def execute(self, ctx):
         key = c.run_key(ctx)
@@ -79,36 +105,18 @@ class ShowContributors(foo.Operator):
             "under run `%s`, best first" % (len(rows), len(ctx.selected), key),
         }
 
-    def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.str("summary", label="Summary", view=types.MarkdownView())
-        table = types.TableView()
-        table.add_column("rank", label="Rank")
-        table.add_column("filename", label="Training sample")
-        table.add_column("score", label="Score (credit)")
-        table.add_column("distance", label="Distance")
-        table.add_column("id", label="ID")
-        outputs.list("contributors", types.Object(), label="Contributors", view=table)
-        return types.Property(outputs, view=types.View(label="Contributors"))
 
-
-class ShowContributions(foo.Operator):
+class ShowContributions(_SelectionOperator):
     """Shows the generated samples that list the selected training samples as
     contributors, ordered by the credit those received."""
 
-    @property
-    def config(self):
-        return c.operator_config(
-            "show_contributions", "GMValuator: show contributions",
-            "Show the generated images the selected training images contributed to")
-
-    def resolve_placement(self, ctx):
-        return _placement(ctx, "GMValuator: show contributions")
-
-    def resolve_input(self, ctx):
-        inputs = types.Object()
-        _selection_inputs(inputs, ctx, "training")
-        return types.Property(inputs, view=types.View(label="GMValuator: show contributions"))
+    name = "show_contributions"
+    label = "GMValuator: show contributions"
+    description = "Show the generated images the selected training images contributed to"
+    selection = "training"
+    rows = "contributions"
+    columns = (("rank", "Rank"), ("filename", "Generated sample"), ("credit", "Credit given"),
+               ("id", "ID"))
 
     def execute(self, ctx):
         key = c.run_key(ctx)
@@ -131,17 +139,6 @@ class ShowContributions(foo.Operator):
             "among their contributors under run `%s`, most credit first"
             % (n, len(ctx.selected), key),
         }
-
-    def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.str("summary", label="Summary", view=types.MarkdownView())
-        table = types.TableView()
-        table.add_column("rank", label="Rank")
-        table.add_column("filename", label="Generated sample")
-        table.add_column("credit", label="Credit given")
-        table.add_column("id", label="ID")
-        outputs.list("contributions", types.Object(), label="Contributions", view=table)
-        return types.Property(outputs, view=types.View(label="Contributions"))
 
 
 class SortByValue(foo.Operator):

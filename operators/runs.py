@@ -60,12 +60,12 @@ class ListRuns(foo.Operator):
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.str("summary", label="Summary", view=types.MarkdownView())
-        table = types.TableView()
-        for col, label in (("key", "Key"), ("created", "Created"), ("encoder", "Encoder"),
-                           ("index", "Index"), ("rerank", "Re-ranker"), ("quality", "Quality"),
-                           ("k", "k"), ("temperature", "Temperature"), ("num_train", "Training"),
-                           ("num_generated", "Generated"), ("total_seconds", "Total s")):
-            table.add_column(col, label=label)
+        table = c.table_view((
+            ("key", "Key"), ("created", "Created"), ("encoder", "Encoder"), ("index", "Index"),
+            ("rerank", "Re-ranker"), ("quality", "Quality"), ("k", "k"),
+            ("temperature", "Temperature"), ("num_train", "Training"),
+            ("num_generated", "Generated"), ("total_seconds", "Total s"),
+        ))
         outputs.list("runs", types.Object(), label="Runs", view=table)
         outputs.obj("timings", label="Stage timings (s) per run", view=types.JSONView())
         return types.Property(outputs, view=types.View(label="GMValuator runs"))
