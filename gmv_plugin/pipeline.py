@@ -25,7 +25,7 @@ from gmv_plugin import quality as gmvq
 from gmv_plugin import rerank as gmvr
 from gmv_plugin import runs as gmvruns
 from gmv_plugin.images import ImageReadError
-from gmv_plugin.valuation import accumulate_values, contribution_scores
+from gmv_plugin.valuation import accumulate_values, contribution_scores, resolve_temperature
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ def compute_values(
         k (50): contributors per generated image (the set P_j)
         recall_k (None): candidates recalled before re-ranking (>= k);
             defaults to ``k``, as in the paper
-        temperature (1.0): tau in ``exp(-d / tau)``; 1 is the paper
+        temperature (1.0): tau in ``exp(-d / tau)``; 1 is the paper;
+            ``"auto"`` uses the median spread of the contributor distances
         batch_size (64): batch size of the models
         overwrite (False): whether to replace an existing run with this key
         progress (None): whether to render progress bars (True/False), use
@@ -140,8 +141,7 @@ def init_valuation(
     k = _validate_int("k", k, 1, n_train, "the number of training samples")
     recall_k = k if recall_k is None else recall_k
     recall_k = _validate_int("recall_k", recall_k, k, n_train, "the number of training samples")
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError("temperature must be a number > 0; got %r" % (temperature,))
+    temperature = temperature if temperature == "auto" else resolve_temperature(None, temperature)
     gmvi.resolve_index_type(index, n_train)
     gmvi.check_params(index_params)
 
@@ -168,7 +168,7 @@ def init_valuation(
         quality=_quality_config(scorer),
         k=k,
         recall_k=recall_k,
-        temperature=float(temperature),
+        temperature=temperature,
         batch_size=int(batch_size),
         generated_added=list(_generated_added or []),
     )
@@ -602,11 +602,12 @@ class Valuation(object):
             rr = np.load(self._path("rerank.npz"))
             dists, idx = rr["dists"], rr["idx"]
             q = np.load(self._path("quality.npy"))
-            scores = contribution_scores(dists, q, self.config.temperature)
+            tau = resolve_temperature(dists, self.config.temperature)
+            scores = contribution_scores(dists, q, tau)
             train_ids = self._ids("train")
             values, hits = accumulate_values(idx, scores, len(train_ids))
             self._write_fields(train_ids, self._ids("generated"), idx, dists, scores, q, values, hits, progress)
-            return {"num_contributing": int((hits > 0).sum())}
+            return {"num_contributing": int((hits > 0).sum()), "temperature": tau}
 
         self._timed(["values"], assign, progress)
 
@@ -655,6 +656,7 @@ class Valuation(object):
             index_type=index_info.get("index_type"),
             index_params=index_info.get("index_params"),
             quality_summary=self.state.get("quality", {}).get("summary"),
+            temperature=self.state.get("values", {}).get("temperature"),
             run_dir=self.dir,
         )
         self.dataset.register_run(self.key, self.config, overwrite=True, cleanup=False)

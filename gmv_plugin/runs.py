@@ -83,7 +83,8 @@ class GMValuationResults(foruns.RunResults):
 
     Attributes (as stored): ``timings`` (seconds per stage), ``reused`` (stages
     loaded from an earlier computation), ``num_train``, ``num_generated``,
-    ``index_type``, ``index_params``, ``quality_summary``.
+    ``index_type``, ``index_params``, ``quality_summary``, ``temperature``
+    (the tau used, resolved when the config says ``"auto"``).
     """
 
     @property

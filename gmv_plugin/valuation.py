@@ -3,6 +3,21 @@
 import numpy as np
 
 
+def resolve_temperature(distances, temperature):
+    """Returns ``temperature`` as a float; ``"auto"`` is the median spread
+    (standard deviation) of each generated image's contributor distances, so
+    that credit concentrates the same way whatever the distance's scale."""
+    if temperature == "auto":
+        d = np.asarray(distances, dtype=np.float64)
+        spread = float(np.median(d.std(axis=1))) if d.size else 0.0
+        return spread if spread > 0 else 1.0
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)):
+        raise ValueError("temperature must be a number > 0 or 'auto'; got %r" % (temperature,))
+    if not temperature > 0:
+        raise ValueError("temperature must be a number > 0 or 'auto'; got %r" % (temperature,))
+    return float(temperature)
+
+
 def contribution_scores(distances, quality=None, temperature=1.0):
     """Eq. 4: the credit each generated image gives its top-k contributors.
 
@@ -12,17 +27,16 @@ def contribution_scores(distances, quality=None, temperature=1.0):
         distances: ``(m, k)`` distances from each generated image to its
             contributors
         quality (None): ``(m,)`` quality scores ``q_j``; 1 when None
-        temperature (1.0): ``tau > 0``; 1 is the paper's definition
+        temperature (1.0): ``tau > 0``, 1 being the paper's definition, or
+            ``"auto"`` (see :func:`resolve_temperature`)
 
     Returns:
         an ``(m, k)`` float64 array whose rows sum to ``q_j``
     """
-    if not temperature > 0:
-        raise ValueError("temperature must be > 0; got %r" % (temperature,))
     d = np.asarray(distances, dtype=np.float64)
     if d.ndim != 2:
         raise ValueError("distances must be an (m, k) array")
-    logits = -d / float(temperature)
+    logits = -d / resolve_temperature(d, temperature)
     logits -= logits.max(axis=1, keepdims=True)
     w = np.exp(logits)
     w /= w.sum(axis=1, keepdims=True)

@@ -96,6 +96,9 @@ def test_later_stage_change_reuses_embeddings_and_index(digits_dataset):
     # A stage can also be re-run alone with a new parameter.
     gmv.assign_values(ds, key="gmv", temperature=0.01, progress=False)
     assert gmv.get_run_config(ds, "gmv").temperature == 0.01
+    results = gmv.assign_values(ds, key="gmv", temperature="auto", progress=False)
+    assert gmv.get_run_config(ds, "gmv").temperature == "auto"
+    assert 0 < results.temperature < 1
 
 
 def test_run_is_listed_loaded_renamed_and_deleted(digits_dataset):

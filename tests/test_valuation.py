@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gmv_plugin.valuation import accumulate_values, contribution_scores
+from gmv_plugin.valuation import accumulate_values, contribution_scores, resolve_temperature
 
 
 def test_softmax_of_negative_distances_matches_hand_computation():
@@ -35,7 +35,18 @@ def test_huge_distances_do_not_overflow():
     np.testing.assert_allclose(s.sum(), 1.0)
 
 
-@pytest.mark.parametrize("tau", [0, -1.0])
+def test_auto_temperature_is_scale_free():
+    rng = np.random.default_rng(1)
+    d = rng.random((20, 5))
+    np.testing.assert_allclose(
+        contribution_scores(d, temperature="auto"),
+        contribution_scores(d * 1000, temperature="auto"),
+    )
+    assert resolve_temperature(d, "auto") == pytest.approx(np.median(d.std(axis=1)))
+    assert resolve_temperature(np.zeros((2, 3)), "auto") == 1.0
+
+
+@pytest.mark.parametrize("tau", [0, -1.0, "hot", True])
 def test_temperature_must_be_positive(tau):
     with pytest.raises(ValueError, match="temperature"):
         contribution_scores(np.zeros((1, 2)), temperature=tau)
