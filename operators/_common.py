@@ -82,6 +82,24 @@ def param(ctx, name, default=None):
     return default if value is None or value == "" else value
 
 
+def _dropdown(inputs, ctx, name, choices, label, default=None, empty=None, error=None, **warning):
+    """A dropdown of ``choices``, defaulting to ``default`` or else the first;
+    returns the chosen value. With no choices it shows the warning ``empty``
+    (``warning``: its other options), marks the field invalid with ``error``
+    (default ``empty``) and returns None."""
+    if not choices:
+        inputs.view(name + "_none", types.Warning(label=empty, **warning))
+        inputs.str(name, label=label, invalid=True, error_message=error or empty)
+        return None
+    view = types.DropdownView()
+    for choice in choices:
+        view.add_choice(choice, label=choice)
+    if default not in choices:
+        default = choices[0]
+    inputs.enum(name, view.values(), default=default, label=label, view=view)
+    return param(ctx, name, default)
+
+
 # ------------------------------------------------------------- sample sets
 
 
@@ -141,35 +159,23 @@ def add_sample_set(inputs, ctx, prefix, label, default_tag):
     inputs.enum(prefix + "_by", radio.values(), default="tag", label=label, view=radio)
     by = param(ctx, prefix + "_by", "tag")
 
-    def dropdown(name, choices, label, default=None, empty=None):
-        if not choices:
-            inputs.view(name + "_none", types.Warning(label=empty))
-            inputs.str(name, label=label, invalid=True, error_message=empty)
-            return None
-        view = types.DropdownView()
-        for c in choices:
-            view.add_choice(c, label=c)
-        if default not in choices:
-            default = choices[0]
-        inputs.enum(name, view.values(), default=default, label=label, view=view)
-        return param(ctx, name, default)
-
     if by == "tag":
-        if dropdown(prefix + "_tag", sorted(ds.distinct("tags")), "Tag", default_tag,
-                    "The dataset has no sample tags") is None:
+        if _dropdown(inputs, ctx, prefix + "_tag", sorted(ds.distinct("tags")), "Tag",
+                     default_tag, "The dataset has no sample tags") is None:
             return None
     elif by == "saved_view":
-        if dropdown(prefix + "_saved_view", ds.list_saved_views(), "Saved view",
-                    empty="The dataset has no saved views") is None:
+        if _dropdown(inputs, ctx, prefix + "_saved_view", ds.list_saved_views(), "Saved view",
+                     empty="The dataset has no saved views") is None:
             return None
     elif by == "field":
-        path = dropdown(prefix + "_field", _value_fields(ds), "Field",
-                        "ground_truth.label", "The dataset has no string, boolean or integer fields")
+        path = _dropdown(inputs, ctx, prefix + "_field", _value_fields(ds), "Field",
+                         "ground_truth.label",
+                         "The dataset has no string, boolean or integer fields")
         if path is None:
             return None
         values = [str(v) for v in ds.distinct(path)[:500] if v is not None]
-        if dropdown(prefix + "_value", values, "Value",
-                    empty="Field %r has no values" % path) is None:
+        if _dropdown(inputs, ctx, prefix + "_value", values, "Value",
+                     empty="Field %r has no values" % path) is None:
             return None
     try:
         n = resolve_samples(ctx, prefix, default_tag).count()
@@ -218,18 +224,11 @@ def add_new_key(inputs, ctx, default="gmv"):
 def add_run_choice(inputs, ctx, name="run_key", label="Valuation run"):
     """A dropdown of the dataset's GMValuator runs; returns the chosen key or
     None (with a warning) when there is no run."""
-    keys = gmvruns.list_runs(ctx.dataset)
-    if not keys:
-        inputs.view(name + "_none", types.Warning(
-            label="No GMValuator run on this dataset",
-            description="Compute values first (GMValuator: compute values)."))
-        inputs.str(name, label=label, invalid=True, error_message="No GMValuator run")
-        return None
-    view = types.DropdownView()
-    for k in keys:
-        view.add_choice(k, label=k)
-    inputs.enum(name, view.values(), default=keys[0], label=label, view=view)
-    return param(ctx, name, keys[0])
+    return _dropdown(
+        inputs, ctx, name, gmvruns.list_runs(ctx.dataset), label,
+        empty="No GMValuator run on this dataset", error="No GMValuator run",
+        description="Compute values first (GMValuator: compute values).",
+    )
 
 
 def run_key(ctx, name="run_key"):
@@ -312,17 +311,9 @@ def add_encoder(inputs, ctx, defaults=None):
             p for p, f in ctx.dataset.get_field_schema().items()
             if isinstance(f, (fof.VectorField, fof.ArrayField))
         )
-        if not fields:
-            inputs.view("embeddings_field_none", types.Warning(label="The dataset has no embeddings fields"))
-            inputs.str("embeddings_field", label="Embeddings field", invalid=True,
-                       error_message="No embeddings field")
-        else:
-            view = types.DropdownView()
-            for f in fields:
-                view.add_choice(f, label=f)
-            d_field = defaults.get("embeddings_field")
-            inputs.enum("embeddings_field", view.values(), label="Embeddings field",
-                        default=d_field if d_field in fields else fields[0], view=view)
+        _dropdown(inputs, ctx, "embeddings_field", fields, "Embeddings field",
+                  defaults.get("embeddings_field"),
+                  empty="The dataset has no embeddings fields", error="No embeddings field")
 
 
 def encoder_kwargs(ctx):
@@ -496,7 +487,7 @@ def new_run_args(ctx):
     describes; ``kwargs`` holds ``key``, ``overwrite`` and every option."""
     train = resolve_samples(ctx, "train", "train")
     generated = resolve_samples(ctx, "generated", "generated")
-    kwargs = dict(key=param(ctx, "key", "gmv"), overwrite=bool(param(ctx, "overwrite", False)))
+    kwargs = {"key": param(ctx, "key", "gmv"), "overwrite": bool(param(ctx, "overwrite", False))}
     kwargs.update(full_kwargs(ctx, len(train)))
     return train, generated, kwargs
 
