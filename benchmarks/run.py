@@ -128,6 +128,9 @@ CONFIGS = [
     ("no_rerank", dict(index="flat", rerank="none", quality="none")),
     ("l2", dict(index="flat", rerank="l2", quality="none")),
     ("l2_realism", dict(index="flat", rerank="l2", quality="realism")),
+    # tau = 1 (the paper) on RMS pixel distances in [0, 1] spreads credit almost
+    # uniformly over the k contributors; tau = 0.01 concentrates it on the nearest
+    ("l2_sharp", dict(index="flat", rerank="l2", quality="none", temperature=0.01)),
     ("no_rerank_realism", dict(index="flat", rerank="none", quality="realism")),
     ("pq", dict(index="pq", rerank="none", quality="none")),
     ("ivfpq", dict(index="ivfpq", rerank="none", quality="none")),
@@ -502,6 +505,36 @@ def _brain_run(ds, key, metric, train_emb, queries, t_embed, n_public):
     return out
 
 
+def membership_control(d, images_dir, embedder, quick):
+    """A 'copying generator': members of the class plus light noise. Checks whether the
+    membership test detects membership where the generated images do come from members."""
+    import gmv_plugin as gmv
+    from gmv_plugin import evaluation as ev
+
+    rng = np.random.default_rng(SEED + 2)
+    members = np.flatnonzero(d["member"])
+    n = min(1000, 4 * len(members))
+    src = rng.choice(members, n, replace=True)
+    noisy = np.clip(d["x_val"][src] / 255.0 + rng.normal(0, 0.1, d["x_val"][src].shape), 0, 1)
+    images = (noisy * 255).round().astype(np.uint8)
+    labels = d["y_val"][src]
+    ds = build_dataset("copycat", d, dict(images=images, predicted=labels, conditions=labels),
+                       images_dir, quick)
+    out = dict(n_generated=int(n), noise_sigma=0.1, runs={})
+    for name, cfg in CONFIGS:
+        if name not in (HEADLINE, "l2_sharp"):
+            continue
+        kwargs = dict(cfg, key=name, model=embedder, k=K, overwrite=True, progress=False)
+        if cfg["rerank"] == "l2":
+            kwargs["rerank_params"] = {"size": 28, "mode": "L"}
+        gmv.compute_values(ds.match_tags("train"), ds.match_tags("generated"), **kwargs)
+        m = ev.membership(ds, name, "member", "non_member")
+        out["runs"][name] = m
+        log(f"membership control ({n} noisy copies of members, {name}): t={_f(m['t'])} "
+            f"p={_f(m['p'])} AUC={_f(m['auc'])}")
+    return out
+
+
 # --------------------------------------------------------------------------
 # targets and machine
 
@@ -655,6 +688,7 @@ def main(argv=None):
         res["total_seconds"] = time.time() - t_start  # so far, in case a later step fails
         _write(res, out_dir, final=False)
 
+    res["membership_control"] = membership_control(d, images_dir, embedder, args.quick)
     res["total_seconds"] = time.time() - t_start
     res["machine"]["load_average_at_end"] = list(os.getloadavg())
     res["targets"] = targets(res)
