@@ -356,12 +356,27 @@ def _discussion(res):
     if any(g["runs"].get("l2_realism", {}).get("membership", {}).get("p", 0) >= 0.01
            for g in gens.values() if g["runs"].get("l2_realism", {}).get("status") == "ok"):
         out.append(
-            "  Likely cause: these small generators, trained for a few minutes on a CPU, "
-            "generalize rather than memorize, so their class-0 images are no closer to the "
-            "members than to the held-out half (drawn from the same distribution). The paper's "
-            "t = 17.9 came from a BigGAN on CIFAR-10 images, where memorization is stronger. "
-            "The copying-generator control above shows whether the test detects membership "
-            "when generated images do derive from the members.")
+            "  Likely causes: (1) at temperature 1 the credit is spread almost uniformly over "
+            "the 100 contributors (see Temperature below and the copying-generator control); "
+            "(2) these small generators, trained for minutes on a CPU, generalize rather than "
+            "memorize, so their class-0 images are hardly closer to the members than to the "
+            "held-out half, drawn from the same distribution. The paper's t = 17.9 came from a "
+            "BigGAN on CIFAR-10, where memorization is stronger.")
+    mc = res.get("membership_control", {}).get("runs", {})
+    sharp = [(fam, g["runs"]["l2_sharp"]["membership"]) for fam, g in gens.items()
+             if g["runs"].get("l2_sharp", {}).get("status") == "ok"]
+    if mc and sharp:
+        text = "- Temperature: the copying-generator control gives " + "; ".join(
+            f"t = {_num(m['t'], '{:.2f}')} (p = {_num(m['p'], '{:.2g}')}) with "
+            f"{LABELS.get(n, n)}" for n, m in mc.items()) + ". "
+        text += ("At temperature 1 the L2 re-ranker's distances (RMS pixel differences, "
+                 "in [0, 1]) differ too little for exp(-d) to tell the contributors apart: each "
+                 "generated image spreads its credit almost evenly over its k = 100 "
+                 "contributors, and a source image gets about 1/k of it. With the real "
+                 "generators, temperature 0.01 gives " + "; ".join(
+                     f"{fam} t = {_num(m['t'], '{:.2f}')}, p = {_num(m['p'], '{:.2g}')}"
+                     for fam, m in sharp) + ".")
+        out.append(text)
     b = [(fam, g["baselines"]) for fam, g in gens.items()
          if "brain" in g["baselines"] and "brain_centered" in g["baselines"]]
     if b:
