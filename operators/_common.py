@@ -100,6 +100,22 @@ def _dropdown(inputs, ctx, name, choices, label, default=None, empty=None, error
     return param(ctx, name, default)
 
 
+def _choice_view(view, labels, problems=None):
+    """``view`` with a choice per ``labels`` item ({value: label}), marked
+    where ``problems`` says its weights are missing."""
+    for k, label in labels.items():
+        if problems and problems.get(k):
+            label += " (weights missing)"
+        view.add_choice(k, label=label)
+    return view
+
+
+def add_radio(inputs, name, labels, default, label, **kwargs):
+    """A horizontal radio group of ``labels`` ({value: label})."""
+    view = _choice_view(types.RadioGroup(orientation="horizontal"), labels)
+    inputs.enum(name, view.values(), default=default, label=label, view=view, **kwargs)
+
+
 # ------------------------------------------------------------- sample sets
 
 
@@ -153,10 +169,7 @@ def add_sample_set(inputs, ctx, prefix, label, default_tag):
     or the current view; shows how many samples the choice holds. Returns
     the number of samples, or None if the choice is incomplete."""
     ds = ctx.dataset
-    radio = types.RadioGroup(orientation="horizontal")
-    for k, v in SOURCES.items():
-        radio.add_choice(k, label=v)
-    inputs.enum(prefix + "_by", radio.values(), default="tag", label=label, view=radio)
+    add_radio(inputs, prefix + "_by", SOURCES, "tag", label)
     by = param(ctx, prefix + "_by", "tag")
 
     if by == "tag":
@@ -270,13 +283,14 @@ def _quality_problem(metric):
     return weights_problem(gmvw.check_pyiqa, metric)
 
 
-def _choice_view(labels, problems, radio=False):
-    view = types.RadioGroup() if radio else types.DropdownView()
-    for k, label in labels.items():
-        if problems.get(k):
-            label += " (weights missing)"
-        view.add_choice(k, label=label)
-    return view
+def _add_choice(inputs, ctx, name, labels, label, defaults, problems=None, radio=False):
+    """Option ``name``, chosen among ``labels`` (see :func:`_choice_view`) in
+    a dropdown or radio group; its default is the run's (``defaults``) or
+    :data:`DEFAULTS`. Returns the chosen value."""
+    d = defaults.get(name, DEFAULTS[name])
+    view = _choice_view(types.RadioGroup() if radio else types.DropdownView(), labels, problems)
+    inputs.enum(name, view.values(), default=d, label=label, view=view)
+    return param(ctx, name, d)
 
 
 def _warn(inputs, name, problem, what):
@@ -289,12 +303,7 @@ def add_encoder(inputs, ctx, defaults=None):
     """Encoder choice: pixels, a zoo model (weights checked) or an existing
     embeddings field."""
     defaults = defaults or {}
-    radio = types.RadioGroup()
-    for k, v in ENCODERS.items():
-        radio.add_choice(k, label=v)
-    d_enc = defaults.get("encoder", DEFAULTS["encoder"])
-    inputs.enum("encoder", radio.values(), default=d_enc, label="Encoder", view=radio)
-    enc = param(ctx, "encoder", d_enc)
+    enc = _add_choice(inputs, ctx, "encoder", ENCODERS, "Encoder", defaults, radio=True)
     if enc == "zoo":
         import fiftyone.zoo as foz
 
@@ -334,12 +343,7 @@ def encoder_kwargs(ctx):
 def add_index(inputs, ctx, n_train=None, defaults=None):
     """Index type and its optional parameters (blank = automatic)."""
     defaults = defaults or {}
-    view = types.DropdownView()
-    for k, v in INDEX_LABELS.items():
-        view.add_choice(k, label=v)
-    d_index = defaults.get("index", DEFAULTS["index"])
-    inputs.enum("index", view.values(), default=d_index, label="Recall index", view=view)
-    index = param(ctx, "index", d_index)
+    index = _add_choice(inputs, ctx, "index", INDEX_LABELS, "Recall index", defaults)
     itype = index
     if index == "auto" and n_train:
         itype = gmvi.resolve_index_type("auto", n_train)
@@ -366,16 +370,10 @@ def add_rerank(inputs, ctx, defaults=None):
     defaults = defaults or {}
     net = param(ctx, "lpips_net", defaults.get("lpips_net", "alex"))
     problems = {k: _rerank_problem(k, net) for k in ("lpips", "dreamsim")}
-    d = defaults.get("rerank", DEFAULTS["rerank"])
-    view = _choice_view(RERANK_LABELS, problems)
-    inputs.enum("rerank", view.values(), default=d, label="Re-ranker", view=view)
-    rerank = param(ctx, "rerank", d)
+    rerank = _add_choice(inputs, ctx, "rerank", RERANK_LABELS, "Re-ranker", defaults, problems)
     if rerank == "lpips":
-        nets = types.RadioGroup(orientation="horizontal")
-        nets.add_choice("alex", label="AlexNet")
-        nets.add_choice("vgg", label="VGG")
-        inputs.enum("lpips_net", nets.values(), default=defaults.get("lpips_net", "alex"),
-                    label="LPIPS network", view=nets)
+        add_radio(inputs, "lpips_net", {"alex": "AlexNet", "vgg": "VGG"},
+                  defaults.get("lpips_net", "alex"), "LPIPS network")
     if rerank in ("l2", "lpips"):
         inputs.int("rerank_size", min=1, default=defaults.get("rerank_size"),
                    label="Resolution (pixels)", description="blank = the re-ranker's default")
@@ -396,10 +394,8 @@ def add_quality(inputs, ctx, defaults=None):
     """Quality model choice; pyiqa weights are checked and reported."""
     defaults = defaults or {}
     problems = {"maniqa": _quality_problem("maniqa")}
-    d = defaults.get("quality", DEFAULTS["quality"])
-    view = _choice_view(QUALITY_LABELS, problems)
-    inputs.enum("quality", view.values(), default=d, label="Quality model", view=view)
-    quality = param(ctx, "quality", d)
+    quality = _add_choice(inputs, ctx, "quality", QUALITY_LABELS, "Quality model", defaults,
+                          problems)
     problem = problems.get(quality)
     if quality == "other":
         inputs.str("quality_metric", default=defaults.get("quality_metric"), label="pyiqa metric",

@@ -154,20 +154,15 @@ class SortByValue(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         c.add_run_choice(inputs, ctx)
-        order = types.RadioGroup(orientation="horizontal")
-        order.add_choice("most", label="Most valuable first")
-        order.add_choice("least", label="Least valuable first")
-        inputs.enum("order", order.values(), default="most", label="Order", view=order)
-        zero = types.RadioGroup(orientation="horizontal")
-        zero.add_choice("keep", label="Keep")
-        zero.add_choice("hide", label="Hide")
-        zero.add_choice("only", label="Only these")
-        inputs.enum("zero", zero.values(), default="keep", label="Zero-value samples",
-                    description="Training samples no generated sample credits", view=zero)
-        scope = types.RadioGroup(orientation="horizontal")
-        scope.add_choice("dataset", label="All training samples")
-        scope.add_choice("view", label="Within the current view")
-        inputs.enum("scope", scope.values(), default="dataset", label="Scope", view=scope)
+        c.add_radio(inputs, "order",
+                    {"most": "Most valuable first", "least": "Least valuable first"},
+                    "most", "Order")
+        c.add_radio(inputs, "zero", {"keep": "Keep", "hide": "Hide", "only": "Only these"},
+                    "keep", "Zero-value samples",
+                    description="Training samples no generated sample credits")
+        c.add_radio(inputs, "scope",
+                    {"dataset": "All training samples", "view": "Within the current view"},
+                    "dataset", "Scope")
         return types.Property(inputs, view=types.View(label="GMValuator: sort by value"))
 
     def execute(self, ctx):

@@ -113,11 +113,8 @@ class ComputeGMVEmbeddings(_StageOperator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         has_runs = bool(c.gmvruns.list_runs(ctx.dataset))
-        mode_view = types.RadioGroup(orientation="horizontal")
-        mode_view.add_choice("new", label="New run")
-        mode_view.add_choice("existing", label="Existing run")
-        inputs.enum("mode", mode_view.values(), default="existing" if has_runs else "new",
-                    label="Run", view=mode_view)
+        c.add_radio(inputs, "mode", {"new": "New run", "existing": "Existing run"},
+                    "existing" if has_runs else "new", "Run")
         if c.param(ctx, "mode", "existing" if has_runs else "new") == "existing":
             key = c.add_run_choice(inputs, ctx)
             if key is not None:
