@@ -46,6 +46,7 @@ it). On a shared CPU,
 that device and saved as CPU tensors.
 """
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -113,6 +114,33 @@ def _report(progress, epoch, epochs, losses, name, t0):
     else:
         parts = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
         print(f"  {name} epoch {epoch}/{epochs} {parts} ({time.time() - t0:.0f}s)", flush=True)
+
+
+def _training_data(images, labels, num_classes):
+    """``images`` as floats (N, 1, H, W) in [0, 1], ``labels`` as int64, and the
+    number of classes (``num_classes``, else the largest label + 1)."""
+    x = _to_float(images)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    return x, y, num_classes or int(y.max()) + 1
+
+
+@contextlib.contextmanager
+def _seeded(seed):
+    """Seeds torch's global RNG for the block (restored after it); yields a
+    generator seeded alike."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield torch.Generator().manual_seed(seed)
+
+
+def _trained(model, t0, epochs, seed, n_train, **meta):
+    """``model`` in eval mode, its ``meta`` recording the training started at ``t0``."""
+    model.eval()
+    model.meta.update(
+        train_seconds=round(time.time() - t0, 2), epochs=epochs, seed=seed, n_train=n_train,
+        **meta,
+    )
+    return model
 
 
 def _batches(n, batch_size, gen):
@@ -221,13 +249,9 @@ def train_cvae(
 ):
     """Train a :class:`CVAE` on ``uint8`` images; returns it in eval mode."""
     dev = _device(device)
-    x = _to_float(images)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    num_classes = num_classes or int(y.max()) + 1
+    x, y, num_classes = _training_data(images, labels, num_classes)
     t0 = time.time()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
+    with _seeded(seed) as gen:
         model = CVAE(tuple(x.shape[2:]), num_classes, latent_dim, width).to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
@@ -248,12 +272,7 @@ def train_cvae(
             sched.step()
             _report(progress, epoch, epochs,
                     {"loss": tot / len(x), "rec": rec_tot / len(x)}, "cvae", t0)
-    model.eval()
-    model.meta.update(
-        train_seconds=round(time.time() - t0, 2), epochs=epochs, seed=seed,
-        n_train=len(x), final_loss=tot / len(x),
-    )
-    return model
+    return _trained(model, t0, epochs, seed, len(x), final_loss=tot / len(x))
 
 
 # --------------------------------------------------------------------------- cGAN
@@ -328,14 +347,11 @@ def train_cgan(
     Hinge loss, spectrally normalised projection discriminator, Adam(0.5, 0.999).
     """
     dev = _device(device)
-    x = _to_float(images) * 2 - 1
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    num_classes = num_classes or int(y.max()) + 1
+    x, y, num_classes = _training_data(images, labels, num_classes)
+    x = x * 2 - 1
     size = tuple(x.shape[2:])
     t0 = time.time()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
+    with _seeded(seed) as gen:
         G = CGANGenerator(size, num_classes, z_dim, width).to(dev)
         D = CGANDiscriminator(size, num_classes, width).to(dev)
         opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999))
@@ -361,11 +377,7 @@ def train_cgan(
                 g_tot += g_loss.item()
                 nb += 1
             _report(progress, epoch, epochs, {"d": d_tot / nb, "g": g_tot / nb}, "cgan", t0)
-    G.eval()
-    G.meta.update(
-        train_seconds=round(time.time() - t0, 2), epochs=epochs, seed=seed, n_train=len(x),
-    )
-    return G
+    return _trained(G, t0, epochs, seed, len(x))
 
 
 # --------------------------------------------------------------------------- diffusion
@@ -477,13 +489,10 @@ def train_cdiffusion(
     (classifier-free) follows the class more closely at twice the sampling cost.
     """
     dev = _device(device)
-    x = _to_float(images) * 2 - 1
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    num_classes = num_classes or int(y.max()) + 1
+    x, y, num_classes = _training_data(images, labels, num_classes)
+    x = x * 2 - 1
     t0 = time.time()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
+    with _seeded(seed) as gen:
         model = CDiffusion(tuple(x.shape[2:]), num_classes, width, steps).to(dev)
         avg = copy.deepcopy(model)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -511,11 +520,7 @@ def train_cdiffusion(
                 tot += loss.item()
                 nb += 1
             _report(progress, epoch, epochs, {"loss": tot / nb}, "cdiffusion", t0)
-    avg.eval()
-    avg.meta.update(
-        train_seconds=round(time.time() - t0, 2), epochs=epochs, seed=seed, n_train=len(x),
-    )
-    return avg
+    return _trained(avg, t0, epochs, seed, len(x))
 
 
 # --------------------------------------------------------------------------- classifier
@@ -564,14 +569,10 @@ def train_classifier(
         tr, va = stratified_split(labels, val_fraction, seed=seed)
     else:
         tr, va = np.arange(len(labels)), np.arange(0)
-    x = _to_float(images)
-    y = torch.as_tensor(labels, dtype=torch.long)
-    num_classes = num_classes or int(y.max()) + 1
+    x, y, num_classes = _training_data(images, labels, num_classes)
     xt, yt = x[tr], y[tr]
     t0 = time.time()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
+    with _seeded(seed) as gen:
         model = Classifier(tuple(x.shape[2:]), num_classes, width).to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         for epoch in range(1, epochs + 1):
@@ -591,11 +592,7 @@ def train_classifier(
     acc = None
     if len(va):
         acc = float((_predict(model, x[va]) == labels[va]).mean())
-    model.meta.update(
-        train_seconds=round(time.time() - t0, 2), epochs=epochs, seed=seed,
-        n_train=len(tr), n_val=len(va), val_accuracy=acc,
-    )
-    return model
+    return _trained(model, t0, epochs, seed, len(tr), n_val=len(va), val_accuracy=acc)
 
 
 @torch.no_grad()
