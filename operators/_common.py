@@ -429,8 +429,12 @@ def add_recall_k(inputs, ctx, n_train=None, defaults=None):
 
 
 def add_temperature(inputs, ctx, defaults=None):
-    inputs.float("temperature", default=(defaults or {}).get("temperature", DEFAULTS["temperature"]),
-                 label="Temperature", description="tau in exp(-d / tau); 1 is the paper")
+    current = (defaults or {}).get("temperature", DEFAULTS["temperature"])
+    inputs.bool("auto_temperature", default=current == "auto", label="Automatic temperature",
+                description="tau from the spread of each image's contributor distances")
+    if not param(ctx, "auto_temperature", current == "auto"):
+        inputs.float("temperature", default=DEFAULTS["temperature"] if current == "auto" else current,
+                      label="Temperature", description="tau in exp(-d / tau); 1 is the paper")
 
 
 def k_kwargs(ctx, n_train=None):
@@ -442,6 +446,8 @@ def k_kwargs(ctx, n_train=None):
 
 
 def temperature_kwargs(ctx):
+    if param(ctx, "auto_temperature"):
+        return {"temperature": "auto"}
     return {"temperature": float(param(ctx, "temperature", DEFAULTS["temperature"]))}
 
 

@@ -209,7 +209,7 @@ class AssignValues(_StageOperator):
     description = "Compute Eq. 3/4 and write the value and contributor fields"
     stage_fn = "assign_values"
     stage = "values"
-    updates = (("temperature", _number("temperature", float)),)
+    updates = (("temperature", c.temperature_kwargs), ("auto_temperature", c.temperature_kwargs))
 
     def stage_inputs(self, inputs, ctx, defaults, n_train):
         c.add_temperature(inputs, ctx, defaults)

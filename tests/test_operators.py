@@ -170,6 +170,9 @@ def test_stage_operator_on_existing_embeddings_field_run(digits):
                                    "embeddings_field": "emb", "rerank": "none"})
     run("assign_values", digits, {"run_key": "e", "temperature": 2.0})
     assert gmvruns.get_run_config(digits, "e").temperature == 2.0
+    run("assign_values", digits, {"run_key": "e", "auto_temperature": True})
+    assert gmvruns.get_run_config(digits, "e").temperature == "auto"
+    assert "temperature" not in form("assign_values", digits, {"run_key": "e"})
 
 
 def test_form_defaults_weights_notes_and_live_key_validation(valued):
