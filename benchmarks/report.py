@@ -279,7 +279,9 @@ def render(res):
     for fam, g in res["generators"].items():
         for name, r in g["runs"].items():
             if r.get("status") != "ok":
-                notes.append(f"- {fam} / {LABELS.get(name, name)}: {r['status']} ({r.get('reason', '')})")
+                reason = r.get("reason", "").split(". ")[0]
+                notes.append(f"- {fam} / {LABELS.get(name, name)}: {r['status']} ({reason}; "
+                             "the library's error says where to put them)")
     notes.append("- No diffusion model: the demo generators provide a cVAE and a cGAN only.")
     add("## Not run")
     add("")
@@ -324,6 +326,13 @@ def _discussion(res):
         out.append(text)
     qs = [g["runs"][n]["quality_scores"] for g in gens.values() for n in ("l2_realism",)
           if g["runs"].get(n, {}).get("quality_scores")]
+    if qs and not all(q["mean"] > 0.99 for q in qs):
+        out.append(
+            "- Realism quality: mean scores " + ", ".join(f"{q['mean']:.4f}" for q in qs)
+            + " (share below 1: " + ", ".join(f"{_pct(q['share_below_1'], 1)}%" for q in qs)
+            + "). Quality only scales the credit a generated image hands out, so C1 cannot "
+            "change; C3 and membership move by little because most generated images keep "
+            "full or nearly full credit.")
     if qs and all(q["mean"] > 0.99 for q in qs):
         out.append(
             "- Realism quality: mean scores " + ", ".join(f"{q['mean']:.4f}" for q in qs)
