@@ -5,6 +5,7 @@ LABELS = {
     "l2": "GMValuator L2 re-rank",
     "l2_realism": "GMValuator L2 re-rank + realism",
     "l2_sharp": "GMValuator L2 re-rank, temperature 0.01",
+    "l2_auto": "GMValuator L2 re-rank, temperature auto",
     "no_rerank_realism": "GMValuator No-Rerank + realism",
     "pq": "GMValuator No-Rerank (PQ)",
     "ivfpq": "GMValuator No-Rerank (IVF-PQ)",
@@ -101,7 +102,7 @@ def render(res):
             f"condition on {_pct(g.get('agreement'), 1)}%.")
     add(f"- Embeddings: `{res['embedding']}` (weight-free: normalized 28x28 pixels; no VGG-16 "
         f"weights on this machine). k = {d['k']} contributors per generated image, "
-        f"temperature 1. L2 re-rank: RMS pixel distance at 28x28.")
+        f"temperature 1 (the paper) unless the row says otherwise. L2 re-rank: RMS pixel distance at 28x28.")
     add("- Baselines on the same embeddings: random contributors; FiftyOne Brain "
         "`compute_similarity(backend=\"sklearn\")` nearest neighbours, values = hit counts. "
         "Brain's sklearn backend centres (and for cosine normalizes) the indexed vectors but "
@@ -372,8 +373,9 @@ def _discussion(res):
             "held-out half, drawn from the same distribution. The paper's t = 17.9 came from a "
             "BigGAN on CIFAR-10, where memorization is stronger.")
     mc = res.get("membership_control", {}).get("runs", {})
-    sharp = [(fam, g["runs"]["l2_sharp"]["membership"]) for fam, g in gens.items()
-             if g["runs"].get("l2_sharp", {}).get("status") == "ok"]
+    sharp = [(f"{fam} ({LABELS[n].split(', ')[-1]})", g["runs"][n]["membership"])
+             for fam, g in gens.items() for n in ("l2_sharp", "l2_auto")
+             if g["runs"].get(n, {}).get("status") == "ok"]
     if mc and sharp:
         text = "- Temperature: the copying-generator control gives " + "; ".join(
             f"t = {_num(m['t'], '{:.2f}')} (p = {_num(m['p'], '{:.2g}')}) with "
@@ -382,7 +384,7 @@ def _discussion(res):
                  "in [0, 1]) differ too little for exp(-d) to tell the contributors apart: each "
                  "generated image spreads its credit almost evenly over its k = 100 "
                  "contributors, and a source image gets about 1/k of it. With the real "
-                 "generators, temperature 0.01 gives " + "; ".join(
+                 "generators: " + "; ".join(
                      f"{fam} t = {_num(m['t'], '{:.2f}')}, p = {_num(m['p'], '{:.2g}')}"
                      for fam, m in sharp) + ".")
         out.append(text)

@@ -125,17 +125,19 @@ SETTINGS = {
 # GMValuator configurations: name -> compute_values kwargs (k, model added later).
 # Each embeds from the PNGs itself, so every C4 total is end to end.
 CONFIGS = [
-    ("no_rerank", dict(index="flat", rerank="none", quality="none")),
-    ("l2", dict(index="flat", rerank="l2", quality="none")),
-    ("l2_realism", dict(index="flat", rerank="l2", quality="realism")),
+    ("no_rerank", dict(index="flat", rerank="none", quality="none", temperature=1.0)),
+    ("l2", dict(index="flat", rerank="l2", quality="none", temperature=1.0)),
+    ("l2_realism", dict(index="flat", rerank="l2", quality="realism", temperature=1.0)),
     # tau = 1 (the paper) on RMS pixel distances in [0, 1] spreads credit almost
-    # uniformly over the k contributors; tau = 0.01 concentrates it on the nearest
+    # uniformly over the k contributors; tau = 0.01 concentrates it on the nearest,
+    # "auto" is the library's scale-free choice (median spread of the distances)
     ("l2_sharp", dict(index="flat", rerank="l2", quality="none", temperature=0.01)),
-    ("no_rerank_realism", dict(index="flat", rerank="none", quality="realism")),
-    ("pq", dict(index="pq", rerank="none", quality="none")),
-    ("ivfpq", dict(index="ivfpq", rerank="none", quality="none")),
-    ("lpips", dict(index="flat", rerank="lpips", quality="none")),
-    ("dreamsim", dict(index="flat", rerank="dreamsim", quality="none")),
+    ("l2_auto", dict(index="flat", rerank="l2", quality="none", temperature="auto")),
+    ("no_rerank_realism", dict(index="flat", rerank="none", quality="realism", temperature=1.0)),
+    ("pq", dict(index="pq", rerank="none", quality="none", temperature=1.0)),
+    ("ivfpq", dict(index="ivfpq", rerank="none", quality="none", temperature=1.0)),
+    ("lpips", dict(index="flat", rerank="lpips", quality="none", temperature=1.0)),
+    ("dreamsim", dict(index="flat", rerank="dreamsim", quality="none", temperature=1.0)),
 ]
 HEADLINE = "l2_realism"  # targets are judged on this one (best weight-free pipeline)
 
@@ -522,7 +524,7 @@ def membership_control(d, images_dir, embedder, quick):
                        images_dir, quick)
     out = dict(n_generated=int(n), noise_sigma=0.1, runs={})
     for name, cfg in CONFIGS:
-        if name not in (HEADLINE, "l2_sharp"):
+        if name not in (HEADLINE, "l2_sharp", "l2_auto"):
             continue
         kwargs = dict(cfg, key=name, model=embedder, k=K, overwrite=True, progress=False)
         if cfg["rerank"] == "l2":
