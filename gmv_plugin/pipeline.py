@@ -188,10 +188,10 @@ def load_valuation(samples, key, **updates):
         "embeddings_field": config.embeddings_field,
         "index": config.index,
         "index_params": config.index_params,
-        "rerank": config.rerank["name"],
-        "rerank_params": {k: v for k, v in config.rerank.items() if k != "name"},
-        "quality": config.quality["name"],
-        "quality_params": {k: v for k, v in config.quality.items() if k != "name"},
+        "rerank": gmvr.reranker_from_config(config.rerank) or "none",
+        "rerank_params": {},
+        "quality": gmvq.quality_from_config(config.quality) or "none",
+        "quality_params": {},
         "k": config.k,
         "recall_k": config.recall_k,
         "temperature": config.temperature,
@@ -200,10 +200,11 @@ def load_valuation(samples, key, **updates):
     unknown = set(updates) - set(params)
     if unknown:
         raise ValueError("Unknown parameters %s; allowed are %s" % (sorted(unknown), sorted(params)))
-    if "rerank" in updates and "rerank_params" not in updates:
-        params["rerank_params"] = {}
-    if "quality" in updates and "quality_params" not in updates:
-        params["quality_params"] = {}
+    # New parameters for the same re-ranker / quality model keep its name.
+    if "rerank_params" in updates and "rerank" not in updates:
+        params["rerank"] = config.rerank["name"]
+    if "quality_params" in updates and "quality" not in updates:
+        params["quality"] = config.quality["name"]
     params.update(updates)
     train_view = gmvruns.train_view(dataset, config)
     generated_view = gmvruns._load_view(dataset, config.generated_view)

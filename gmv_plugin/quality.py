@@ -70,3 +70,15 @@ def realism_scores(gen_dists, cand_radii):
     """
     ratio = cand_radii / np.maximum(gen_dists, 1e-12)
     return np.clip(ratio.max(axis=1), 0.0, 1.0).astype(np.float32)
+
+
+def quality_from_config(config):
+    """Rebuilds what :func:`get_quality` returned from a run's recorded
+    quality config."""
+    name = config.get("name", "none")
+    if name in QUALITY_BUILTINS:
+        return get_quality(name)
+    from gmv_plugin.iqa import PyiqaQuality
+    from gmv_plugin.rerank import accepted_params
+
+    return PyiqaQuality(**accepted_params(PyiqaQuality, config))

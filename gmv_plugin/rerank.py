@@ -6,6 +6,8 @@ distinct image once per chunk of generated images; only the candidates that
 chunk needs are loaded.
 """
 
+import inspect
+
 import numpy as np
 
 from gmv_plugin.images import read_images
@@ -116,3 +118,24 @@ def get_reranker(rerank, **params):
         "Unknown rerank %r; allowed values are %s or a Reranker instance"
         % (rerank, RERANKERS)
     )
+
+
+def accepted_params(cls, params):
+    """The entries of ``params`` that ``cls``'s constructor takes."""
+    names = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in params.items() if k in names and k != "self"}
+
+
+def reranker_from_config(config):
+    """Rebuilds a re-ranker from its recorded :meth:`Reranker.config`, or
+    returns None for ``"none"``."""
+    name = config.get("name", "none")
+    if name == "none":
+        return None
+    if name == "l2":
+        cls = L2Reranker
+    else:
+        from gmv_plugin import perceptual
+
+        cls = {"lpips": perceptual.LPIPSReranker, "dreamsim": perceptual.DreamSimReranker}[name]
+    return cls(**accepted_params(cls, config))

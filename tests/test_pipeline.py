@@ -255,3 +255,30 @@ def test_mixed_sizes_and_channels(tmp_path):
     ds.add_samples(samples)
     gmv.compute_values(ds.match_tags("train"), ds.match_tags("generated"), **dict(FAST, k=3))
     assert len(ds.exists("gmv_contributors")) == 5
+
+
+def test_lpips_rerank_and_pyiqa_quality_run_through_the_pipeline(digits_dataset):
+    """The LPIPS wiring (random backbone: no weights here) and a weight-free
+    pyiqa metric, end to end; stage reuse reloads them from the config."""
+    from gmv_plugin.iqa import PyiqaQuality
+    from gmv_plugin.perceptual import LPIPSReranker
+
+    ds = digits_dataset
+    train, gen = _views(ds)
+    results = gmv.compute_values(
+        train, gen, key="lp", model="pixels", k=5, recall_k=10,
+        rerank=LPIPSReranker(net="alex", size=32, random_backbone=True),
+        quality=PyiqaQuality(metric="entropy"), progress=False,
+    )
+    cfg = gmv.get_run_config(ds, "lp")
+    assert cfg.rerank["name"] == "lpips" and cfg.quality["name"] == "entropy"
+    dists, quality, scores = gen.values(["lp_distances", "lp_quality", "lp_scores"])
+    assert all(len(d) == 5 and d == sorted(d) for d in dists)
+    assert all(q > 0 for q in quality)
+    for s, q in zip(scores, quality):
+        assert sum(s) == pytest.approx(q, rel=1e-6)
+    assert results.timings["rerank"] > 0
+    # A later stage re-run rebuilds both from the stored config.
+    again = gmv.assign_values(ds, key="lp", temperature="auto", progress=False)
+    assert {"rerank", "quality"} <= set(gmv.load_valuation(ds, "lp").state)
+    assert again.num_generated == 30
