@@ -162,6 +162,18 @@ def test_incremental_generated_samples_equal_full_recomputation(digits_dataset):
     assert again.num_generated == 30
 
 
+def test_new_embeddings_field_is_filled_and_reused(digits_dataset):
+    ds = digits_dataset
+    train, gen = _views(ds)
+    gmv.compute_values(train, gen, key="a", model="pixels", embeddings_field="px", k=5, progress=False)
+    assert len(ds.exists("px")) == 300
+    assert isinstance(ds.get_field("px"), fo.VectorField)
+    first = ds.first()["px"]
+    np.testing.assert_allclose(first, gmv.PixelEmbedder().embed_all([np.asarray(Image.open(ds.first().filepath))])[0], rtol=1e-6)
+    gmv.compute_values(train, gen, key="b", model=None, embeddings_field="px", k=5, progress=False)
+    assert gen.values("a_contributors") == gen.values("b_contributors")
+
+
 def test_existing_embeddings_field_is_used(digits_dataset):
     ds = digits_dataset
     train, gen = _views(ds)
