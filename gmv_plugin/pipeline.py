@@ -357,8 +357,7 @@ class Valuation(object):
     def is_fresh(self, stage):
         """Whether ``stage``'s stored outputs match the current inputs."""
         fps = self._fingerprints()
-        names = {"embed": ("embed_train", "embed_generated")}.get(stage, (stage,))
-        return all(self.state.get(n, {}).get("fingerprint") == fps[n] for n in names)
+        return all(self.state.get(n, {}).get("fingerprint") == fps[n] for n in _parts(stage))
 
     def _done(self, name, fingerprint, seconds, **info):
         self.state[name] = dict(fingerprint=fingerprint, seconds=seconds, **info)
@@ -379,6 +378,9 @@ class Valuation(object):
                 logger.info("Reusing %s stage of run %r", stage, self.key)
                 reused.append(stage)
                 continue
+            if force:
+                for part in _parts(stage):
+                    self.state.pop(part, None)
             getattr(self, "_stage_" + stage)(progress=_stage_progress(progress, stage))
         return self._save_results(reused)
 
@@ -389,13 +391,11 @@ class Valuation(object):
                 "(stages in order: %s)" % (stage, self.key, STAGES)
             )
 
-    def _timed(self, names, fn, progress):
-        fps = self._fingerprints()
+    def _timed(self, stage, fn, progress):
+        fingerprint = self._fingerprints()[stage]
         start = time.perf_counter()
         info = fn(progress) or {}
-        seconds = time.perf_counter() - start
-        for n in names:
-            self._done(n, fps[n], seconds / len(names), **info)
+        self._done(stage, fingerprint, time.perf_counter() - start, **info)
 
     def _stage_embed(self, progress=None):
         model = None
@@ -444,7 +444,7 @@ class Valuation(object):
             gmvi.save_index(index, self._path("index.faiss"))
             return {"index_type": itype, "index_params": params}
 
-        self._timed(["index"], build, progress)
+        self._timed("index", build, progress)
 
     def _stage_recall(self, progress=None):
         self._require("index")
@@ -453,7 +453,7 @@ class Valuation(object):
             dists, idx = self._recall(self._embeddings("generated"))
             np.savez(self._path("recall.npz"), dists=dists, idx=idx)
 
-        self._timed(["recall"], recall, progress)
+        self._timed("recall", recall, progress)
 
     def _stage_rerank(self, progress=None):
         self._require("recall")
@@ -464,7 +464,7 @@ class Valuation(object):
             dists, idx = self._rerank(rec["dists"], rec["idx"], gen_paths, progress)
             np.savez(self._path("rerank.npz"), dists=dists, idx=idx)
 
-        self._timed(["rerank"], rerank, progress)
+        self._timed("rerank", rerank, progress)
 
     def _stage_quality(self, progress=None):
         self._require("embed")
@@ -480,7 +480,7 @@ class Valuation(object):
             np.save(self._path("quality.npy"), q)
             return {"summary": _summary(q)}
 
-        self._timed(["quality"], score, progress)
+        self._timed("quality", score, progress)
 
     # array-level steps, shared by the stages and by incremental updates -----
 
@@ -610,7 +610,7 @@ class Valuation(object):
             self._write_fields(train_ids, self._ids("generated"), idx, dists, scores, q, values, hits, progress)
             return {"num_contributing": int((hits > 0).sum()), "temperature": tau}
 
-        self._timed(["values"], assign, progress)
+        self._timed("values", assign, progress)
 
     def _write_fields(self, train_ids, gen_ids, idx, dists, scores, q, values, hits, progress):
         key = self.key
@@ -643,8 +643,7 @@ class Valuation(object):
     def _save_results(self, reused):
         timings = {}
         for stage in STAGES:
-            names = {"embed": ("embed_train", "embed_generated")}.get(stage, (stage,))
-            timings[stage] = float(sum(self.state.get(n, {}).get("seconds", 0.0) for n in names))
+            timings[stage] = float(sum(self.state.get(n, {}).get("seconds", 0.0) for n in _parts(stage)))
         index_info = self.state.get("index", {})
         results = gmvruns.GMValuationResults(
             self.dataset,
@@ -663,6 +662,11 @@ class Valuation(object):
         self.dataset.register_run(self.key, self.config, overwrite=True, cleanup=False)
         self.dataset.save_run_results(self.key, results, overwrite=True, cache=False)
         return results
+
+
+def _parts(stage):
+    """The state entries of a stage: embedding has one per sample set."""
+    return ("embed_train", "embed_generated") if stage == "embed" else (stage,)
 
 
 def _stage_progress(progress, stage):
