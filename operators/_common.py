@@ -6,8 +6,6 @@ has a default that works offline, so the operators can be called from the SDK
 with few or no ``params``.
 """
 
-import os
-import sys
 
 import fiftyone.core.fields as fof
 import fiftyone.core.utils as fou
@@ -15,11 +13,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from fiftyone import ViewField as F
 
-try:
-    import gmv_plugin as gmv
-except ImportError:  # loaded as a plugin from a checkout that isn't installed
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import gmv_plugin as gmv
+import gmv_plugin as gmv  # importable: see operators/__init__.py
 
 from gmv_plugin import index as gmvi
 from gmv_plugin import navigation as gmvnav

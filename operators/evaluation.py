@@ -4,17 +4,11 @@ A thin form over :mod:`gmv_plugin.evaluation`: pick a run, a criterion and the
 fields it needs; the result comes back as a dict (and a markdown summary).
 """
 
-import os
-import sys
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-try:
-    from gmv_plugin import evaluation as ev
-except ImportError:  # loaded as a plugin from a checkout that isn't installed
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from gmv_plugin import evaluation as ev
+from gmv_plugin import evaluation as ev  # importable: see operators/__init__.py
 
 _CRITERIA = {
     "C1": "C1 identical class",
