@@ -24,6 +24,7 @@ from gmv_plugin import index as gmvi
 from gmv_plugin import quality as gmvq
 from gmv_plugin import rerank as gmvr
 from gmv_plugin import runs as gmvruns
+from gmv_plugin import validation as gmvval
 from gmv_plugin.images import ImageReadError
 from gmv_plugin.valuation import accumulate_values, contribution_scores, resolve_temperature
 
@@ -135,15 +136,16 @@ def init_valuation(
     """
     dataset = train_view._root_dataset
     _validate_views(train_view, generated_view)
-    _validate_key(dataset, key, overwrite)
-
+    gmvval.check_key(dataset, key, overwrite=overwrite)
     n_train = len(train_view)
-    k = _validate_int("k", k, 1, n_train, "the number of training samples")
+    gmvval.check_params(
+        n_train=n_train, k=k, recall_k=recall_k, temperature=temperature, index=index,
+        index_params=index_params, rerank=rerank, rerank_params=rerank_params,
+        quality=quality, quality_params=quality_params, batch_size=batch_size,
+        embeddings_field=embeddings_field,
+    )
     recall_k = k if recall_k is None else recall_k
-    recall_k = _validate_int("recall_k", recall_k, k, n_train, "the number of training samples")
-    temperature = temperature if temperature == "auto" else resolve_temperature(None, temperature)
-    gmvi.resolve_index_type(index, n_train)
-    gmvi.check_params(index_params)
+    temperature = temperature if temperature == "auto" else float(temperature)
 
     if isinstance(model, str) and model not in gmve.BUILTIN_MODELS:
         gmve.resolve_model(model)  # fails fast on unknown names, missing weights
@@ -246,29 +248,6 @@ def _validate_views(train_view, generated_view):
             "%d samples are in both train_view and generated_view, e.g. %s"
             % (len(overlap), sorted(overlap)[:3])
         )
-
-
-def _validate_key(dataset, key, overwrite):
-    if not isinstance(key, str) or not key.isidentifier():
-        raise ValueError("key must be a valid Python identifier; got %r" % (key,))
-    if key in dataset.list_runs():
-        if key not in gmvruns.list_runs(dataset):
-            raise ValueError("Run key %r is used by a run of another kind" % key)
-        if not overwrite:
-            raise ValueError(
-                "A GMValuator run with key %r already exists on dataset %r; "
-                "pass overwrite=True or choose another key" % (key, dataset.name)
-            )
-
-
-def _validate_int(name, value, low, high, high_name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError("%s must be an integer; got %r" % (name, value))
-    if value < low or value > high:
-        raise ValueError(
-            "%s=%d must be between %d and %s (%d)" % (name, value, low, high_name, high)
-        )
-    return int(value)
 
 
 def _check_files(view, what):

@@ -14,8 +14,8 @@ import fiftyone as fo
 import fiftyone.core.runs as foruns
 
 METHOD = "gmvaluator"
-TRAIN_FIELDS = ("value", "hits")
-GENERATED_FIELDS = ("contributors", "distances", "scores", "quality")
+TRAIN_FIELDS = ("value", "hits", "cleansing", "copied_by")
+GENERATED_FIELDS = ("contributors", "distances", "scores", "quality", "copy_score", "is_copy")
 
 
 def runs_root():
@@ -40,9 +40,14 @@ def field_names(key):
     }
 
 
-def _existing_fields(dataset, key):
+def all_field_names(key):
+    """Every field name a run with this key may write."""
     names = field_names(key)
-    return [f for f in names["train"] + names["generated"] if dataset.has_field(f)]
+    return names["train"] + names["generated"]
+
+
+def _existing_fields(dataset, key):
+    return [f for f in all_field_names(key) if dataset.has_field(f)]
 
 
 class GMValuationConfig(foruns.RunConfig):
