@@ -121,8 +121,7 @@ def param_errors(
         if not ok or not math.isfinite(temperature) or temperature <= 0:
             put("temperature", "temperature must be a finite number > 0 or 'auto'; got %r" % (temperature,))
     put("batch_size", _int_error("batch_size", batch_size, 1))
-    if not (progress is None or isinstance(progress, bool) or callable(progress)):
-        put("progress", "progress must be True, False, None or a callable; got %r" % (progress,))
+    put("progress", _progress_error(progress))
     if embeddings_field is not None and (
         not isinstance(embeddings_field, str) or not embeddings_field or embeddings_field.startswith("_")
     ):
@@ -139,6 +138,19 @@ def param_errors(
     put("rerank_params", _component_error("rerank", rerank, rerank_params))
     put("quality_params", _component_error("quality", quality, quality_params))
     return errors
+
+
+def _progress_error(progress):
+    if not (progress is None or isinstance(progress, bool) or callable(progress)):
+        return "progress must be True, False, None or a callable; got %r" % (progress,)
+    return None
+
+
+def check_progress(progress):
+    """Raises a ``ValueError`` unless ``progress`` is True, False, None or callable."""
+    error = _progress_error(progress)
+    if error:
+        raise ValueError(error)
 
 
 def check_params(**params):
