@@ -146,7 +146,8 @@ class PyiqaQuality(QualityScorer):
         return self._metric
 
     def _load(self):
-        self.check()
+        validate_metric(self.metric)
+        self._traced = check_pyiqa(self.metric, download=True) is not None
         import pyiqa
 
         from gmv_plugin.perceptual import default_device

@@ -5,7 +5,7 @@ download on first use, bundles for air-gapped machines and a mirror.
   Hugging Face, DreamSim) and :class:`MissingWeightsError`.
 - :mod:`.registry`: every model the plugin can use, its files and sources.
 - :mod:`.checks`: ``check_*`` before work; ``download=True`` on first use.
-- :mod:`.download`: offline switches, mirror, verified resumable downloads.
+- :mod:`.fetching`: offline switches, mirror, verified resumable downloads.
 - :mod:`.status`: per-model status for the CLI and the App's forms.
 - :mod:`.bundle`: ``bundle`` / ``install``.
 
@@ -26,11 +26,12 @@ from gmv_plugin.weights.checks import (
     pyiqa_metric_config,
     zoo_model_expected_files,
 )
-from gmv_plugin.weights.download import (
+from gmv_plugin.weights.fetching import (
     MIRROR_ENV,
     OFFLINE_ENV,
     downloads_disabled,
     effective_url,
+    mirror_base,
 )
 from gmv_plugin.weights.locations import (
     DREAMSIM_DIR_ENV,

@@ -7,7 +7,7 @@ import sys
 
 def main(argv=None):
     from gmv_plugin import weights as w
-    from gmv_plugin.weights import download as dl
+    from gmv_plugin.weights import fetching as dl
 
     parser = argparse.ArgumentParser(
         prog="python -m gmv_plugin.weights",

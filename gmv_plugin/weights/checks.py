@@ -15,7 +15,7 @@ are missing it either
 import logging
 import os
 
-from gmv_plugin.weights import download as dl
+from gmv_plugin.weights import fetching as dl
 from gmv_plugin.weights import registry as reg
 from gmv_plugin.weights.locations import (  # noqa: F401 (public API)
     DREAMSIM_DIR_ENV,
@@ -130,7 +130,7 @@ def _local_copy(source, overrides):
 
 
 def download_sources(sources, progress=None, overrides=None, label="weights", total=None):
-    """Fetches ``sources`` (see :func:`gmv_plugin.weights.download.fetch`)
+    """Fetches ``sources`` (see :func:`gmv_plugin.weights.fetching.fetch`)
     with one progress bar in bytes.
 
     Args:

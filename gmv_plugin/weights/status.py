@@ -3,7 +3,7 @@ model; no network access, so forms can call it on every change."""
 
 import os
 
-from gmv_plugin.weights import download as dl
+from gmv_plugin.weights import fetching as dl
 from gmv_plugin.weights import registry as reg
 from gmv_plugin.weights.checks import (
     check_model,
