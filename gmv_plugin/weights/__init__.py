@@ -6,13 +6,13 @@ download on first use, bundles for air-gapped machines and a mirror.
 - :mod:`.registry`: every model the plugin can use, its files and sources.
 - :mod:`.checks`: ``check_*`` before work; ``download=True`` on first use.
 - :mod:`.fetching`: offline switches, mirror, verified resumable downloads.
-- :mod:`.status`: per-model status for the CLI and the App's forms.
-- :mod:`.bundle`: ``bundle`` / ``install``.
+- :mod:`.inventory`: per-model status for the CLI and the App's forms.
+- :mod:`.archive`: ``bundle`` / ``install``.
 
 Command line: ``python -m gmv_plugin.weights status|download|bundle|install|urls``.
 """
 
-from gmv_plugin.weights.bundle import BundleError, bundle, install
+from gmv_plugin.weights.archive import BundleError, bundle, install
 from gmv_plugin.weights.checks import (
     LPIPS_NETS,
     check_dreamsim,
@@ -41,4 +41,4 @@ from gmv_plugin.weights.locations import (
     pyiqa_cache_dir,
 )
 from gmv_plugin.weights.registry import KNOWN_MODELS, get_model
-from gmv_plugin.weights.status import download, format_status, model_status, status
+from gmv_plugin.weights.inventory import download, format_status, model_status, status

@@ -99,7 +99,7 @@ def _require(model, how, overrides=None, download=False, progress=None, probe=Tr
                     label, expected,
                     "Downloading is allowed but %s cannot be reached (%s). %s"
                     % (dl.effective_url(src.url), err, how))
-            size = size or remote
+            size = src.size or remote or src.approx_size  # exact sizes first
         sizes.append(size)
     total = None if None in sizes else sum(sizes)
     logger.info(

@@ -159,20 +159,20 @@ def _total_size(resp):
 
 
 @contextlib.contextmanager
-def _locked(path):
-    """An exclusive lock on ``path`` (POSIX), so two processes never append
-    to the same .part file."""
+def _locked(folder):
+    """An exclusive lock on ``folder`` (POSIX ``flock``; none on Windows), so
+    two processes never write the same .part file; no lock file is left."""
     try:
         import fcntl
-    except ImportError:  # Windows: no lock
+    except ImportError:
         yield
         return
-    with open(path, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _remove(*paths):
@@ -265,7 +265,7 @@ def transfer(url, part, on_bytes=None):
         try:
             with open(part, "ab" if start else "wb") as f:
                 while True:
-                    chunk = resp.read(_CHUNK)
+                    chunk = resp.read1(_CHUNK)
                     if not chunk:
                         break
                     f.write(chunk)
@@ -381,12 +381,11 @@ def _fetch_file(source, base, on_bytes, overrides):
         dest = dests[0]
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         part = dest + ".part"
-        with _locked(part + ".lock"):
+        with _locked(os.path.dirname(dest)):
             if not os.path.isfile(dest):
                 _download_verified(source, part, on_bytes)
                 _place(part, dest)
                 _remove(part + ".json")
-        _remove(part + ".lock")
         have = [dest]
     for d in dests:
         if not os.path.isfile(d):
@@ -401,7 +400,7 @@ def _fetch_hf(source, base, on_bytes):
     folder = os.path.join(base, hf_repo_folder(source.hf_repo))
     os.makedirs(folder, exist_ok=True)
     part = os.path.join(folder, "%s.part" % source.path.replace("/", "--"))
-    with _locked(part + ".lock"):
+    with _locked(folder):
         hops = _download_verified(source, part, on_bytes)
         commit = None
         for headers in hops:
@@ -417,7 +416,6 @@ def _fetch_hf(source, base, on_bytes):
         with open(refs + ".tmp", "w") as f:
             f.write(commit)
         _place(refs + ".tmp", refs)
-    _remove(part + ".lock")
     return [dest, refs]
 
 
@@ -444,7 +442,7 @@ def _fetch_zip(source, base, on_bytes):
     single top folder, as torch.hub does)."""
     target = os.path.join(base, *source.path.split("/")) if source.path else base
     part = os.path.join(base, ".gmv-%s.part" % url_filename(source.url).replace("/", "_"))
-    with _locked(part + ".lock"):
+    with _locked(base):
         _download_verified(source, part, on_bytes)
         staging = tempfile.mkdtemp(prefix=".gmv-staging-", dir=base)
         try:
@@ -466,5 +464,4 @@ def _fetch_zip(source, base, on_bytes):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         _remove(part, part + ".json")
-    _remove(part + ".lock")
     return placed

@@ -14,17 +14,18 @@ A :class:`FileSpec` is one file a model reads, with the source it comes
 from. Checksums: torchvision's URLs carry a sha256 prefix in the file name
 (``vgg16-397923af.pth``), verified like ``torch.hub`` does; Hugging Face
 serves each LFS file's sha256 in its ``X-Linked-Etag`` header, verified at
-download time; DreamSim's and DINO's sources publish none (only their size
-and, for zips, the zip's own CRCs are checked). ``$GMV_WEIGHTS_CHECKSUMS``
-may name a JSON file ``{"<url or file name>": "<sha256>"}`` to pin any of
-them.
+download time; DreamSim's and DINO's sources publish none (only the length
+the server announces and, for zips, the zip's own CRCs are checked).
+``$GMV_WEIGHTS_CHECKSUMS`` may name a JSON file ``{"<url or file name>":
+"<sha256>"}`` (or ``{"sha256": ..., "size": ...}``) pinning the file to
+accept, for sources that publish nothing or a site's own builds; a pin
+replaces the published checksum and size.
 """
 
-import functools
 import json
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 from gmv_plugin.weights.locations import root_dir, url_filename
 
@@ -158,7 +159,11 @@ def _pins():
         pins = json.load(f)
     if not isinstance(pins, dict):
         raise ValueError("%s must name a JSON object {url or file name: sha256}" % CHECKSUMS_ENV)
-    return {k: str(v).lower() for k, v in pins.items()}
+    out = {}
+    for k, v in pins.items():
+        v = v if isinstance(v, dict) else {"sha256": v}
+        out[k] = {"sha256": str(v["sha256"]).lower(), "size": v.get("size")}
+    return out
 
 
 def _source(url, root, path, **kwargs):
@@ -171,7 +176,10 @@ def _source(url, root, path, **kwargs):
         m = _HASH_IN_NAME.search(url_filename(url))
         sha = m.group(1) if m else None
     pins = _pins()
-    sha = pins.get(url) or pins.get(url_filename(url)) or sha
+    pin = pins.get(url) or pins.get(url_filename(url))
+    if pin:
+        sha = pin["sha256"]
+        kwargs["size"] = pin["size"]
     return Source(url=url, root=root, path=path, sha256=sha, **kwargs)
 
 
