@@ -503,3 +503,44 @@ def test_status_reports_each_case(caches, server, monkeypatch, capsys):
     row = json.loads(capsys.readouterr().out)[0]
     assert row["reason"] == "Downloads are disabled (GMV_OFFLINE=1)." and not row["downloadable"]
     assert cli(["status", "--models", "no-such-model"]) == 2
+
+
+# ------------------------------------------------------------- operator
+
+
+def _form(name, dataset, params):
+    from fiftyone.operators.executor import ExecutionContext
+    from fiftyone.operators.registry import OperatorRegistry
+
+    op = OperatorRegistry().get_operator("@gmvaluator/gmv/" + name)
+    ctx = ExecutionContext({"dataset_name": dataset.name, "params": params})
+    return op.resolve_input(ctx).to_json()["type"]["properties"]
+
+
+def test_operator_shows_status_and_downloads(caches, server, digits_dataset, monkeypatch):
+    import fiftyone.operators as foo
+
+    digits_dataset.tags = []
+    props = _form("download_gmv_weights", digits_dataset, {})
+    assert "| lpips-alex | missing | 1 file(s) |" in props["status_table"]["default"]
+    assert props["get_lpips_alex"]["default"] is True
+    assert "Download LPIPS" in props["get_lpips_alex"]["view"]["label"]
+    # the valuation form says the weights will come on first use
+    props = _form("compute_values", digits_dataset, {"rerank": "lpips", "key": "new"})
+    notice = props["rerank_warning"]["view"]
+    assert notice["name"] == "Notice" and "will be downloaded on first use" in notice["label"]
+    assert server.requests == []  # forms never contact the source
+
+    result = foo.execute_operator(
+        "@gmvaluator/gmv/download_gmv_weights",
+        ctx=dict(dataset=digits_dataset.name, params={"get_lpips_alex": True, "delegate": False}))
+    assert result.error is None, result.error
+    assert result.result["downloaded"] == ["lpips-alex"]
+    assert os.path.isfile(alex_path(caches))
+    row = [r for r in result.result["files"] if r["path"] == alex_path(caches)][0]
+    assert row["state"] == "present"
+
+    monkeypatch.setenv("GMV_OFFLINE", "1")
+    props = _form("download_gmv_weights", digits_dataset, {})
+    assert "GMV_OFFLINE=1" in props["offline"]["view"]["description"]
+    assert "get_lpips_vgg" not in props
