@@ -395,6 +395,9 @@ def test_bundle_then_install_into_a_fresh_cache(caches, server, tmp_path, monkey
         names = tar.getnames()
     assert names[-1] == wb.MANIFEST
     assert "torch_hub/checkpoints/alexnet-owt-7be5be79.pth" in names
+    # the zoo file and its torch hub copy are stored once, installed twice
+    assert [n for n in names if n.endswith("vgg16-397923af.pth")] == [
+        "fiftyone_zoo/vgg16-397923af.pth"]
 
     fresh = point_caches(monkeypatch, tmp_path / "fresh", server)
     monkeypatch.setenv("GMV_OFFLINE", "1")  # the air-gapped machine

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import posixpath
+import shutil
 import tarfile
 
 from gmv_plugin.weights import registry as reg
@@ -50,17 +51,33 @@ def _walk(root, rel, base):
 
 def bundle_files(models=None):
     """The files a bundle of ``models`` holds, as ``(root, relative path,
-    absolute path)``.
+    absolute path, copies)``; ``copies`` are further ``(root, relative
+    path)`` places of the same download (e.g. the zoo file's copy in the
+    torch hub cache), stored once and installed at each place.
 
     Raises:
         BundleError: if a model's files are incomplete on this machine
     """
-    out, missing = [], []
+    out, missing, copies = [], [], {}
     for model in reg.resolve_models(models):
-        entries = []
+        entries, shared = [], []
         for spec in model.files:
             if spec.root == "lpips":
                 continue  # ships with the package
+            src = spec.source
+            if src is not None and src.kind == "file" and src.also:
+                if src in shared:
+                    continue
+                shared.append(src)
+                places = [(src.root, src.path)] + list(src.also)
+                present = [(r, p) for r, p in places
+                           if os.path.isfile(os.path.join(root_dir(r), *p.split("/")))]
+                if not present:
+                    missing.append("%s (%s)" % (model.name, " or ".join(spec.candidates())))
+                    continue
+                entries.append(present[0])
+                copies.setdefault(present[0], []).extend(p for p in places if p != present[0])
+                continue
             hit = spec.find()
             if hit is None:
                 missing.append("%s (%s)" % (model.name, " or ".join(spec.candidates())))
@@ -81,12 +98,22 @@ def bundle_files(models=None):
             item = (root, rel, os.path.join(root_dir(root), *rel.split("/")))
             if item not in out:
                 out.append(item)
+    members = {(root, rel) for root, rel, _ in out}
+    claimed = set(members)
+    result = []
+    for root, rel, path in out:
+        extra = []
+        for place in copies.get((root, rel), []):
+            if place not in claimed:
+                claimed.add(place)
+                extra.append(place)
+        result.append((root, rel, path, extra))
     if missing:
         raise BundleError(
             "Cannot bundle: files are missing here: %s. Run `python -m "
             "gmv_plugin.weights download --models ...` first, or bundle fewer "
             "models with --models." % "; ".join(missing))
-    return out
+    return result
 
 
 def _copy_hashing(src, dst, size=None):
@@ -128,7 +155,7 @@ def bundle(to, models=None):
     entries = []
     try:
         with tarfile.open(part, "w", format=tarfile.PAX_FORMAT) as tar:
-            for root, rel, path in files:
+            for root, rel, path, extra in files:
                 info = tarfile.TarInfo("%s/%s" % (root, rel))
                 info.size = os.path.getsize(path)
                 info.mtime = int(os.path.getmtime(path))
@@ -137,7 +164,8 @@ def bundle(to, models=None):
                     reader = _HashingReader(f)
                     tar.addfile(info, reader)
                 entries.append({"root": root, "path": rel, "size": info.size,
-                                "sha256": reader.h.hexdigest()})
+                                "sha256": reader.h.hexdigest(),
+                                "copies": [{"root": r, "path": p} for r, p in extra]})
             manifest = {
                 "format": FORMAT,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -195,17 +223,22 @@ def read_manifest(tar):
     files = manifest.get("files")
     if not isinstance(files, list):
         raise BundleError("The bundle's manifest lists no files")
-    listed = set()
+    listed, places = set(), set()
     for e in files:
-        if not isinstance(e, dict):
+        if not isinstance(e, dict) or not isinstance(e.get("copies", []), list):
             raise BundleError("Bad manifest entry %r" % (e,))
-        root, rel = e.get("root"), e.get("path")
-        if root not in WRITABLE_ROOTS:
-            raise BundleError("Manifest entry %r: unknown cache root %r (allowed: %s)"
-                              % (rel, root, ", ".join(WRITABLE_ROOTS)))
-        if not _safe_rel(rel):
-            raise BundleError("Manifest entry %r would land outside the %s cache; refused"
-                              % (rel, root))
+        for place in [e] + e.get("copies", []):
+            root, rel = place.get("root"), place.get("path")
+            if root not in WRITABLE_ROOTS:
+                raise BundleError("Manifest entry %r: unknown cache root %r (allowed: %s)"
+                                  % (rel, root, ", ".join(WRITABLE_ROOTS)))
+            if not _safe_rel(rel):
+                raise BundleError("Manifest entry %r would land outside the %s cache; refused"
+                                  % (rel, root))
+            if (root, rel) in places:
+                raise BundleError("Manifest installs %s/%s twice" % (root, rel))
+            places.add((root, rel))
+        root, rel = e["root"], e["path"]
         sha = e.get("sha256")
         if not (isinstance(sha, str) and len(sha) == 64):
             raise BundleError("Manifest entry %r has no sha256" % rel)
@@ -252,6 +285,7 @@ def install(path):
         manifest, members = read_manifest(tar)
         entries = manifest["files"]
         targets = [_target(e) for e in entries]
+        copy_targets = [[_target(c) for c in e.get("copies", [])] for e in entries]
         for e in entries:  # pass 1: verify, writing nothing
             digest, _ = _copy_hashing(tar.extractfile(members["%s/%s" % (e["root"], e["path"])]),
                                       None)
@@ -259,13 +293,12 @@ def install(path):
                 raise BundleError("%s/%s: sha256 %s does not match the manifest's %s; "
                                   "nothing installed" % (e["root"], e["path"], digest,
                                                         e["sha256"]))
-        staged, made_dirs = [], []
+        staged, made_dirs = [], []  # staged: (tmp, target)
         try:  # pass 2: stage everything
-            for e, target in zip(entries, targets):
-                parent = os.path.dirname(target)
-                _makedirs(parent, made_dirs)
+            for e, target, extra in zip(entries, targets, copy_targets):
+                _makedirs(os.path.dirname(target), made_dirs)
                 tmp = target + ".gmv-install.part"
-                staged.append(tmp)
+                staged.append((tmp, target))
                 with open(tmp, "wb") as out:
                     digest, _ = _copy_hashing(
                         tar.extractfile(members["%s/%s" % (e["root"], e["path"])]), out)
@@ -273,8 +306,12 @@ def install(path):
                     os.fsync(out.fileno())
                 if digest != e["sha256"]:
                     raise BundleError("%s changed while installing; nothing installed" % target)
+                for copy in extra:
+                    _makedirs(os.path.dirname(copy), made_dirs)
+                    staged.append((copy + ".gmv-install.part", copy))
+                    shutil.copyfile(tmp, copy + ".gmv-install.part")
         except BaseException:
-            for tmp in staged:
+            for tmp, _ in staged:
                 if os.path.exists(tmp):
                     os.remove(tmp)
             for d in reversed(made_dirs):
@@ -283,9 +320,9 @@ def install(path):
                 except OSError:
                     pass
             raise
-    for tmp, target in zip(staged, targets):  # pass 3: move in
+    for tmp, target in staged:  # pass 3: move in
         os.replace(tmp, target)
-    return targets
+    return [target for _, target in staged]
 
 
 def _makedirs(path, made):

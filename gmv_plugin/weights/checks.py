@@ -373,6 +373,6 @@ def check_model(name, download=False, progress=None, probe=True):
     if name == "dreamsim":
         return check_dreamsim(download=download, progress=progress, probe=probe)
     model = reg.get_model(name)
-    if model.label.startswith("pyiqa"):
+    if model.kind == "pyiqa":
         return check_pyiqa(name, download=download, progress=progress, probe=probe)
     return check_zoo_model(name, download=download, progress=progress, probe=probe)

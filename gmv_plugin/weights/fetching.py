@@ -20,6 +20,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -427,7 +428,7 @@ def _safe_members(z, url):
         name = info.filename
         parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
         mode = info.external_attr >> 16
-        if name.startswith(("/", "\\")) or ":" in name or ".." in parts:
+        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
             raise ChecksumError(url, "zip member %r would land outside its folder" % name)
         if (mode & 0o170000) == 0o120000:
             raise ChecksumError(url, "zip member %r is a link" % name)

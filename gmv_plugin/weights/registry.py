@@ -117,7 +117,7 @@ class Model:
     name: str
     label: str
     files: tuple
-    how: str = ""
+    kind: str = "zoo"  # lpips | dreamsim | pyiqa | zoo
     bundle: tuple = None
     traced: bool = True
     note: str = ""
@@ -225,6 +225,7 @@ def lpips_model(net="alex", version="0.1", backbone=True):
         files.append(FileSpec("torch_hub", src.path, source=src))
     return Model(
         name="lpips-%s" % net,
+        kind="lpips",
         label="LPIPS (net=%r, v%s)" % (net, version),
         files=tuple(files),
         note="trunk: torchvision %s" % fn,
@@ -291,7 +292,7 @@ def dreamsim_model():
         ("dreamsim", DINO_REPO_DIR),
         ("dreamsim", dino_src.path),
     )
-    return Model(name="dreamsim", label="DreamSim (ensemble, dreamsim 0.2.1)",
+    return Model(name="dreamsim", kind="dreamsim", label="DreamSim (ensemble, dreamsim 0.2.1)",
                  files=tuple(files), bundle=bundle)
 
 
@@ -328,7 +329,7 @@ def pyiqa_model(metric, config):
     req = PYIQA_REQUIREMENTS.get(opts["type"])
     label = "pyiqa metric %r" % metric
     if req is None:
-        return Model(name=metric, label=label, files=(), traced=False,
+        return Model(name=metric, label=label, files=(), traced=False, kind="pyiqa",
                      note="files not traced; pyiqa downloads them itself")
     urls, timm_models = req(opts)
     files = []
@@ -340,7 +341,7 @@ def pyiqa_model(metric, config):
         src = _source(hf_url(repo, names[0]), "huggingface", names[0], kind="hf", hf_repo=repo)
         files.append(FileSpec("huggingface", names[0], alternatives=names[1:], source=src,
                               hf_repo=repo))
-    return Model(name=metric, label=label, files=tuple(files))
+    return Model(name=metric, label=label, files=tuple(files), kind="pyiqa")
 
 
 # ----------------------------------------------------------- FiftyOne zoo
