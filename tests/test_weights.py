@@ -29,7 +29,6 @@ import torch.hub
 from gmv_plugin import weights as w
 from gmv_plugin.weights import archive as wb
 from gmv_plugin.weights import fetching
-from gmv_plugin.weights import registry as reg
 from gmv_plugin.weights.__main__ import main as cli
 from weights_server import WeightsServer
 

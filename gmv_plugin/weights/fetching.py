@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 import urllib.error
@@ -457,7 +456,7 @@ def _fetch_zip(source, base, on_bytes):
                     with z.open(info) as src, open(out, "wb") as dst:
                         shutil.copyfileobj(src, dst, _CHUNK)
             placed = []
-            for info, parts in members:
+            for _, parts in members:
                 dest = os.path.join(target, *parts)
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 _place(os.path.join(staging, *parts), dest)
