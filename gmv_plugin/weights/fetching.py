@@ -194,12 +194,11 @@ def _header_sha256(headers_list):
     """The sha256 the Hugging Face hub reports (``X-Linked-Etag`` of an LFS
     file), or None."""
     for headers in headers_list:
-        for key in ("X-Linked-Etag", "ETag"):
-            v = (headers.get(key) or "").strip()
-            v = v[2:] if v.startswith("W/") else v
-            v = v.strip('"').lower()
-            if len(v) == 64 and all(c in "0123456789abcdef" for c in v):
-                return v
+        v = (headers.get("X-Linked-Etag") or "").strip()
+        v = v[2:] if v.startswith("W/") else v
+        v = v.strip('"').lower()
+        if len(v) == 64 and all(c in "0123456789abcdef" for c in v):
+            return v
     return None
 
 
