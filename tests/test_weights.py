@@ -546,3 +546,40 @@ def test_operator_shows_status_and_downloads(caches, server, digits_dataset, mon
     props = _form("download_gmv_weights", digits_dataset, {})
     assert "GMV_OFFLINE=1" in props["offline"]["view"]["description"]
     assert "get_lpips_vgg" not in props
+
+
+# ------------------------------------------------- through the real loader
+
+
+def test_lpips_first_use_downloads_and_the_real_loader_reads_it(caches, server, tmp_images):
+    """LPIPS (squeeze) loads through lpips and torchvision from the file the
+    plugin downloaded: a stand-in with torchvision's real SqueezeNet 1.1
+    architecture and random weights (the real ones are not obtainable here)."""
+    import numpy as np
+    import torch
+    import torchvision
+    from PIL import Image
+
+    from gmv_plugin.perceptual import LPIPSReranker
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), buf)
+    server.files[SQUEEZE] = buf.getvalue()
+    with open(caches["GMV_WEIGHTS_CHECKSUMS"], "w") as f:
+        json.dump({"squeezenet1_1-b8a52dc0.pth": _sha(buf.getvalue())}, f)
+
+    paths = []
+    for i in range(3):
+        p = str(tmp_images / ("img%d.png" % i))
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(p)
+        paths.append(p)
+    r = LPIPSReranker(net="squeeze", size=32)
+    r.check()  # before work: reports, downloads nothing
+    assert server.gets(SQUEEZE) == []
+    d = r.distances(paths[:1], [paths])
+    assert server.gets(SQUEEZE) == [None]
+    assert d.shape == (1, 3) and d[0, 0] == pytest.approx(0, abs=1e-6) and (d[0, 1:] > 0).all()
+    dest = os.path.join(caches["TORCH_HOME"], "hub", "checkpoints", "squeezenet1_1-b8a52dc0.pth")
+    with open(dest, "rb") as f:
+        assert f.read() == buf.getvalue()
