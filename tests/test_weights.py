@@ -220,7 +220,7 @@ def test_zoo_model_one_download_serves_zoo_dir_and_torch_hub(caches, server):
     assert foz.is_zoo_model_downloaded("vgg16-imagenet-torch")  # FiftyOne's own lookup
 
 
-def test_huggingface_files_land_where_the_hub_finds_them_offline(caches, server, monkeypatch):
+def test_huggingface_files_land_where_the_hub_finds_them_offline(caches, server):
     import huggingface_hub
 
     found = w.check_pyiqa("maniqa", download=True)
@@ -228,11 +228,13 @@ def test_huggingface_files_land_where_the_hub_finds_them_offline(caches, server,
     assert found[0] == pyiqa_file
     repo = "timm/vit_base_patch8_224.augreg2_in21k_ft_in1k"
     assert HF_COMMIT in found[1]
-    # the hub's own offline lookup resolves refs/main to our snapshot
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    path = huggingface_hub.hf_hub_download(repo, "model.safetensors",
-                                           cache_dir=caches["HF_HUB_CACHE"])
+    # the hub's own offline lookup (what timm does when pyiqa loads MANIQA
+    # in hub_offline()) resolves refs/main to our snapshot
+    online = huggingface_hub.constants.HF_HUB_OFFLINE
+    with w.hub_offline():
+        path = huggingface_hub.hf_hub_download(repo, "model.safetensors",
+                                               cache_dir=caches["HF_HUB_CACHE"])
+    assert huggingface_hub.constants.HF_HUB_OFFLINE == online
     assert os.path.realpath(path) == os.path.realpath(found[1])
     with open(path, "rb") as f:
         assert _sha(f.read()) == _sha(server.files["/cdn" + VIT])

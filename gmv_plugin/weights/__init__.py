@@ -38,6 +38,7 @@ from gmv_plugin.weights.locations import (
     MissingWeightsError,
     dreamsim_cache_dir,
     hub_checkpoint_path,
+    hub_offline,
     pyiqa_cache_dir,
 )
 from gmv_plugin.weights.registry import KNOWN_MODELS, get_model

@@ -7,6 +7,7 @@ the roots are resolved at call time, so ``TORCH_HOME``,
 ``GMV_DREAMSIM_DIR`` set before the call are honoured.
 """
 
+import contextlib
 import os
 import sys
 from urllib.parse import urlparse
@@ -57,6 +58,22 @@ def hf_cache_dir():
     import huggingface_hub.constants as hfc
 
     return hfc.HF_HUB_CACHE
+
+
+@contextlib.contextmanager
+def hub_offline():
+    """Keeps ``huggingface_hub`` from contacting the hub inside the block, so
+    a library that re-checks files already in the cache (timm, on every
+    ``pretrained=True``) reads them at once instead of waiting on a blocked
+    network."""
+    import huggingface_hub.constants as hfc
+
+    saved = hfc.HF_HUB_OFFLINE
+    hfc.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hfc.HF_HUB_OFFLINE = saved
 
 
 def zoo_dir():
