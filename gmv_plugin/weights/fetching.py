@@ -207,7 +207,8 @@ def transfer(url, part, on_bytes=None):
     previous partial transfer of the same URL.
 
     Returns:
-        the response headers of every hop, last one last
+        ``(headers, sha256)``: the response headers of every hop (last one
+        last) and the sha256 of the whole file, computed while writing
 
     Raises:
         DownloadError: the transfer failed or ended short (``part`` is kept
@@ -259,8 +260,13 @@ def transfer(url, part, on_bytes=None):
             json.dump({"url": url, "validator": validator, "total": total}, f)
         os.replace(meta_path + ".tmp", meta_path)
         written = start
-        if on_bytes is not None and start:
-            on_bytes(start)
+        digest = hashlib.sha256()
+        if start:
+            with open(part, "rb") as f:
+                for chunk in iter(lambda: f.read(_CHUNK), b""):
+                    digest.update(chunk)
+            if on_bytes is not None:
+                on_bytes(start)
         try:
             with open(part, "ab" if start else "wb") as f:
                 while True:
@@ -268,6 +274,7 @@ def transfer(url, part, on_bytes=None):
                     if not chunk:
                         break
                     f.write(chunk)
+                    digest.update(chunk)
                     written += len(chunk)
                     if on_bytes is not None:
                         on_bytes(len(chunk))
@@ -280,7 +287,7 @@ def transfer(url, part, on_bytes=None):
         if total is not None and written != total:
             raise DownloadError(
                 url, "interrupted after %d of %d bytes; run again to resume" % (written, total))
-        return hops + [resp.headers]
+        return hops + [resp.headers], digest.hexdigest()
 
 
 def sha256_file(path):
@@ -291,8 +298,9 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def verify(path, url, sha256=None, size=None):
-    """Checks ``path`` against a size and a sha256 (full or prefix).
+def verify(path, url, sha256=None, size=None, digest=None):
+    """Checks ``path`` against a size and a sha256 (full or prefix);
+    ``digest``: the file's sha256 when already known.
 
     Raises:
         ChecksumError: on a mismatch
@@ -301,7 +309,7 @@ def verify(path, url, sha256=None, size=None):
     if size is not None and actual != size:
         raise ChecksumError(url, "size %d bytes, expected %d" % (actual, size))
     if sha256:
-        digest = sha256_file(path)
+        digest = digest or sha256_file(path)
         if not digest.startswith(sha256.lower()):
             raise ChecksumError(
                 url, "sha256 %s does not match the published %s" % (digest, sha256))
@@ -311,16 +319,16 @@ def _download_verified(source, part, on_bytes):
     """Transfers ``source`` into ``part`` and verifies it; returns the
     headers. A failed check deletes ``part``."""
     url = effective_url(source.url)
-    hops = transfer(url, part, on_bytes)
+    hops, digest = transfer(url, part, on_bytes)
     sha = source.sha256 or _header_sha256(hops)
     try:
-        verify(part, url, sha, source.size)
+        verify(part, url, sha, source.size, digest)
         if source.kind in ("zip", "zipball"):
             _check_zip(part, url)
     except ChecksumError:
         _remove(part, part + ".json")
         raise
-    return hops
+    return hops, digest
 
 
 def _check_zip(path, url):
@@ -400,12 +408,12 @@ def _fetch_hf(source, base, on_bytes):
     os.makedirs(folder, exist_ok=True)
     part = os.path.join(folder, "%s.part" % source.path.replace("/", "--"))
     with _locked(folder):
-        hops = _download_verified(source, part, on_bytes)
+        hops, digest = _download_verified(source, part, on_bytes)
         commit = None
         for headers in hops:
             commit = commit or headers.get("X-Repo-Commit")
         if not commit:  # e.g. a plain mirror: name the snapshot after the content
-            commit = "gmv-" + sha256_file(part)[:16]
+            commit = "gmv-" + digest[:16]
         dest = os.path.join(folder, "snapshots", commit, *source.path.split("/"))
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         _place(part, dest)
