@@ -314,7 +314,7 @@ def test_part_of_another_file_is_restarted_not_resumed(caches, server):
 
 
 def test_killed_download_resumes_cleanly(caches, server, tmp_path):
-    server.throttle = (16_384, 0.05)  # 300 KB in ~1 s
+    server.throttle = (8192, 0.05)  # 300 KB in ~2 s
     env = dict(os.environ, **caches)
     for k in ("GMV_OFFLINE", "HF_HUB_OFFLINE"):
         env.pop(k, None)
