@@ -44,6 +44,13 @@ from gmv_plugin.navigation import (
 from gmv_plugin.quality import QualityScorer
 from gmv_plugin.report import build_report, report_markdown
 from gmv_plugin.store import cleanup_runs
+from gmv_plugin.shards import (
+    compute_shard,
+    compute_values_sharded,
+    plan_shards,
+    reduce_shards,
+    shard_status,
+)
 from gmv_plugin.rerank import RERANKERS, L2Reranker, Reranker
 from gmv_plugin.runs import (
     GMValuationConfig,

@@ -560,13 +560,13 @@ class Valuation(object):
 
     # stages ------------------------------------------------------------------
 
-    def _stage_embed(self, progress=None, force=False):
+    def _stage_embed(self, progress=None, force=False, parts=("embed_train", "embed_generated")):
         model = None
         if self._model is not None and not (self.config.embeddings_field and self._field_complete()):
             model = gmve.resolve_model(self._model)
         for part, what, view in (("embed_train", "train", self.train_view),
                                  ("embed_generated", "gen", self.generated_view)):
-            if self.entry(part) is not None and not force:
+            if part not in parts or self.entry(part) is not None and not force:
                 continue
             side = getattr(self, what)
             if side.alive is not None:  # a stored subset: embed what is there now
@@ -594,7 +594,7 @@ class Valuation(object):
         return itype, gmvi.default_params(itype, emb.shape[0], emb.shape[1], self.config.index_params)
 
     def _stage_index(self, progress=None, force=False):
-        self._require("embed")
+        self._require("embed_train")
 
         def build(progress):
             itype, params = self._index_params()

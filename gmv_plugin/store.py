@@ -41,6 +41,7 @@ from gmv_plugin.faults import crashpoint
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+SHARDS = "shards"
 STAGING_PREFIX = "gmv_staging."
 FIELD_TYPES = {
     "value": (fo.FloatField, None),
@@ -160,7 +161,7 @@ class RunStore(object):
         return np.load(self.path(name), mmap_mode="r" if mmap else None)
 
     def referenced(self, manifest):
-        names = {MANIFEST}
+        names = {MANIFEST, SHARDS}  # shard plans: see gmv_plugin.shards
         for section in ("stages", "pending"):
             for entry in manifest.get(section, {}).values():
                 names.update(entry.get("files", {}).values())

@@ -5,6 +5,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from . import _common as c
+from . import shards
 
 
 class ComputeValues(foo.Operator):
@@ -26,6 +27,7 @@ class ComputeValues(foo.Operator):
         inputs = types.Object()
         c.add_new_run(inputs, ctx)
         c.add_delegate(inputs, default=True)
+        shards.add_shards(inputs, ctx)
         return types.Property(inputs, view=types.View(label="GMValuator: compute values"))
 
     def resolve_delegation(self, ctx):
@@ -37,6 +39,8 @@ class ComputeValues(foo.Operator):
     def execute(self, ctx):
         train, generated, kwargs = c.new_run_args(ctx)
         key = kwargs["key"]
+        if shards.num_shards(ctx) > 1:
+            return shards.compute_sharded(ctx, train, generated, kwargs)
         c.gmv.compute_values(
             train, generated, progress=c.progress(ctx, "GMValuator %r" % key), **kwargs
         )

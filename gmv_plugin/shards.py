@@ -1,0 +1,531 @@
+"""Sharded valuation: the generated side computed by several workers.
+
+Eq. 3 is a sum over generated images, so everything a generated image needs
+(its embedding, recalled and re-ranked contributors, quality) can be computed
+apart from the others. A sharded valuation runs in three steps:
+
+1. :func:`plan_shards` (holds the run's lock): computes and commits the
+   training side (embeddings and index), splits the generated samples into
+   contiguous shards and writes the plan under ``<run dir>/shards/<plan id>/``.
+2. :func:`compute_shard`, once per shard, on any worker and at the same time
+   (no run lock: a shard writes only its own folder, under its own lock):
+   embeds, recalls, re-ranks and scores its samples with the pipeline's own
+   array-level code, writes each array atomically, then ``done.json``. A shard
+   killed midway is redone from scratch by a retry; a done shard is skipped.
+3. :func:`reduce_shards` (holds the run's lock): concatenates the shards in
+   plan order into the run's stage outputs, computes the values and commits
+   once, like any other operation.
+
+The result equals a single-process :func:`gmv_plugin.compute_values` bit for
+bit because every shard repeats exactly the batches the single process
+computes: shard boundaries are multiples of :data:`ALIGN` rows, the size of
+the pipeline's FAISS query batches, embedding chunks and re-ranking chunks.
+(FAISS's BLAS kernels round differently for different batch compositions and
+thread counts, so finer shards would agree only to float rounding; workers
+must use the same number of BLAS threads for identical bits.)
+
+:func:`compute_values_sharded` queues the shards and the reduce as FiftyOne
+delegated operations, run by ``fiftyone delegated launch`` workers that share
+the database, the plugins directory and the runs directory
+(``GMV_RUNS_DIR``); every worker checks first that it sees the plan's files.
+"""
+
+import datetime
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+import uuid
+
+import numpy as np
+import fiftyone.core.utils as fou
+
+from gmv_plugin import embeddings as gmve
+from gmv_plugin import locks
+from gmv_plugin import pipeline as gmvp
+from gmv_plugin import runs as gmvruns
+from gmv_plugin import store as gmvstore
+from gmv_plugin.faults import crashpoint
+
+logger = logging.getLogger(__name__)
+
+# Shard boundaries are multiples of this: gmv_plugin.index.search's query
+# batch and embed_to_file's chunk (4096), which the re-ranking and quality
+# chunks (256) and the usual model batch sizes divide.
+ALIGN = 4096
+PLANS = "gmv_shard_plans"
+PLUGIN = "@gmvaluator/gmv"
+GENERATED_PARTS = ("embed_generated", "recall", "rerank", "quality")
+ARRAYS = ("emb", "recall_dists", "recall_idx", "rerank_dists", "rerank_idx", "quality")
+
+
+class RunsDirUnreachableError(RuntimeError):
+    """This worker does not see the run's files (another runs directory)."""
+
+
+class ShardsNotDoneError(RuntimeError):
+    """Some shards of a plan are not computed yet."""
+
+
+def _plans():
+    from fiftyone.core.odm.database import get_db_conn
+
+    return get_db_conn()[PLANS]
+
+
+def _plan_dir(dataset, key, plan_id):
+    return os.path.join(gmvruns.run_dir(dataset, key), gmvstore.SHARDS, plan_id)
+
+
+def _shard_dir(dataset, key, plan_id, shard):
+    return os.path.join(_plan_dir(dataset, key, plan_id), "shard_%d" % shard)
+
+
+def _shard_lock(dataset, key, shard, operation):
+    # '#' cannot occur in a run key, so this never names a run's own lock
+    return locks.run_lock(dataset, "%s#shard%d" % (key, shard), operation)
+
+
+def _save(path, arr):
+    """Writes ``arr`` to ``path`` atomically and durably."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, np.asarray(arr))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def shard_bounds(n, num_shards, align=ALIGN):
+    """Row ranges ``[(start, stop), ...]`` of at most ``num_shards``
+    contiguous shards of ``n`` rows, each a whole number of ``align``-row
+    blocks (but the last), as equal as that allows."""
+    blocks = max(1, math.ceil(n / align))
+    num = min(num_shards, blocks)
+    cuts = [min(n, (i * blocks // num) * align) for i in range(num)] + [n]
+    return [(cuts[i], cuts[i + 1]) for i in range(num)]
+
+
+# --- planning ------------------------------------------------------------------
+
+
+def plan_shards(samples, key, num_shards, progress=None):
+    """Prepares run ``key`` for a sharded computation of its generated side.
+
+    Holding the run's lock: computes and commits the training embeddings and
+    the index when they are not fresh, splits the run's generated samples
+    into at most ``num_shards`` contiguous shards (whole blocks of
+    :data:`ALIGN` samples) and writes the plan. A new plan replaces the run's
+    previous one.
+
+    Returns:
+        a dict with ``plan_id``, ``num_shards`` and ``shards`` (row ranges)
+    """
+    if not isinstance(num_shards, int) or isinstance(num_shards, bool) or num_shards < 1:
+        raise ValueError("num_shards must be an integer >= 1; got %r" % (num_shards,))
+    dataset = samples._root_dataset
+    with gmvstore.writing(dataset, key, "plan_shards") as lock:
+        valuation = gmvp.load_valuation(dataset, key)
+        gen = valuation._gen_read
+        valuation.gen = gen
+        reused = []
+        if valuation.entry("embed_train") is None:
+            valuation._stage_embed(progress=gmvp._stage_progress(progress, "embed"), parts=("embed_train",))
+        else:
+            reused.append("embed")
+        if valuation.entry("index") is None:
+            valuation._stage_index(progress=gmvp._stage_progress(progress, "index"))
+        else:
+            reused.append("index")
+        valuation.commit(lock, reused=reused)
+        lock.check()
+
+        plan_id = uuid.uuid4().hex[:12]
+        root = os.path.join(valuation.store.dir, gmvstore.SHARDS)
+        if os.path.isdir(root):  # earlier plans are superseded
+            for name in os.listdir(root):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        pdir = _plan_dir(dataset, key, plan_id)
+        os.makedirs(pdir)
+        _save(os.path.join(pdir, "ids.npy"), gen.ids.astype(str))
+        _save(os.path.join(pdir, "paths.npy"), gen.paths.astype(str))
+        _save(os.path.join(pdir, "keys.npy"), gen.keys)
+        bounds = shard_bounds(len(gen), num_shards)
+        if len(bounds) < num_shards:
+            logger.warning(
+                "Run %r: %d generated samples make %d shard(s), not %d: a shard holds whole "
+                "blocks of %d samples so that it repeats the single-process computation exactly",
+                key, len(gen), len(bounds), num_shards, ALIGN)
+        plan = {
+            "plan_id": plan_id,
+            "key": key,
+            "dataset_id": str(dataset._doc.id),
+            "num_shards": len(bounds),
+            "shards": bounds,
+            "gen_digest": gen.digest,
+            "fingerprints": valuation._fingerprints(),
+            "host": socket.gethostname(),
+            "runs_dir": gmvruns.runs_root(),
+            "created_at": _now(),
+        }
+        gmvstore.write_json(os.path.join(pdir, "plan.json"), plan)
+        crashpoint("shards.planned")
+        _plans().replace_one(
+            {"_id": locks.lock_id(dataset, key)},
+            {k: plan[k] for k in ("plan_id", "num_shards", "host", "runs_dir", "created_at")},
+            upsert=True,
+        )
+    return {"plan_id": plan_id, "num_shards": len(bounds), "shards": bounds}
+
+
+def load_plan(samples, key, plan_id):
+    """The plan ``plan_id`` of run ``key``, after checking that it is the
+    run's live plan and that this process sees its files.
+
+    Raises:
+        RunsDirUnreachableError: the runs directory here is not the one the
+            plan was written to
+        ValueError: the plan was reduced or replaced
+    """
+    dataset = samples._root_dataset
+    doc = _plans().find_one({"_id": locks.lock_id(dataset, key)})
+    if doc is None or doc["plan_id"] != plan_id:
+        raise ValueError(
+            "Run %r on dataset %r has no live shard plan %r (%s): it was reduced or replaced "
+            "by a newer plan; plan again" % (
+                key, dataset.name, plan_id,
+                "its current plan is %r" % doc["plan_id"] if doc else "it has no plan"))
+    path = os.path.join(_plan_dir(dataset, key, plan_id), "plan.json")
+    if not os.path.isfile(path):
+        raise RunsDirUnreachableError(
+            "This worker (host %s) cannot see the files of run %r: %s does not exist. The shards "
+            "were planned on host %s in the runs directory %s, and this worker uses %s. Every "
+            "worker must mount that directory and set GMV_RUNS_DIR to it (with the same "
+            "FIFTYONE_DATABASE_URI and FIFTYONE_PLUGINS_DIR)" % (
+                socket.gethostname(), key, path, doc.get("host"), doc.get("runs_dir"),
+                gmvruns.runs_root()))
+    return gmvstore.read_json(path)
+
+
+def _plan_side(dataset, key, plan_id):
+    pdir = _plan_dir(dataset, key, plan_id)
+    return gmvp.SampleSet(*(np.load(os.path.join(pdir, n + ".npy")).astype(object if n != "keys" else np.uint64)
+                            for n in ("ids", "paths", "keys")))
+
+
+def _valuation_for(dataset, key, plan):
+    """The run's :class:`Valuation` with the plan's generated samples,
+    checked to have the plan's parameters and training side."""
+    valuation = gmvp.load_valuation(dataset, key)
+    valuation.gen = _plan_side(dataset, key, plan["plan_id"])
+    fp = valuation._fingerprints()
+    changed = sorted(p for p in fp if plan["fingerprints"].get(p) != fp[p])
+    if changed or valuation.entry("index") is None:
+        raise ValueError(
+            "Run %r changed since its shards were planned (plan %s; different: %s); plan again"
+            % (key, plan["plan_id"], ", ".join(changed) or "index"))
+    return valuation
+
+
+# --- shards --------------------------------------------------------------------
+
+
+def _done_path(dataset, key, plan_id, shard):
+    return os.path.join(_shard_dir(dataset, key, plan_id, shard), "done.json")
+
+
+def compute_shard(samples, key, plan_id, shard, progress=None, wait=None):
+    """Computes shard ``shard`` of plan ``plan_id`` of run ``key``: embeds,
+    recalls, re-ranks and scores its generated samples into the shard's
+    folder. Runs without the run's lock, at the same time as other shards;
+    a shard that is done is skipped, a partial one is redone.
+
+    Args:
+        wait (None): seconds to wait while another process computes the same
+            shard (None: as long as it runs)
+
+    Returns:
+        the shard's ``done.json`` record
+    """
+    dataset = samples._root_dataset
+    plan = load_plan(dataset, key, plan_id)
+    if not isinstance(shard, int) or not 0 <= shard < plan["num_shards"]:
+        raise ValueError("shard must be an integer in [0, %d) for plan %s; got %r"
+                         % (plan["num_shards"], plan_id, shard))
+    done = _done_path(dataset, key, plan_id, shard)
+    deadline = None if wait is None else time.monotonic() + wait
+    while True:
+        if os.path.isfile(done):
+            return gmvstore.read_json(done)
+        with locks.try_lock(dataset, "%s#shard%d" % (key, shard), "compute_shard") as lock:
+            if lock is not None:
+                if os.path.isfile(done):
+                    return gmvstore.read_json(done)
+                return _compute(dataset, key, plan, shard, lock, progress)
+        if deadline is not None and time.monotonic() > deadline:
+            raise locks.RunLockedError("Shard %d of run %r is being computed by another process" % (shard, key))
+        time.sleep(0.5)
+
+
+def _embed(valuation, view, path, progress):
+    """The generated side's embeddings, as the pipeline's embed stage makes them."""
+    brain_key = getattr(valuation, "_brain_key", lambda: None)()
+    if brain_key is not None:  # index="brain": the Brain index's model embeds
+        from gmv_plugin import brain as gmvb
+
+        return gmvb.embed_queries(view, brain_key, path, batch_size=valuation.config.batch_size,
+                                  progress=progress)
+    model = None
+    if valuation._model is not None and not (valuation.config.embeddings_field and valuation._field_complete()):
+        model = gmve.resolve_model(valuation._model)
+    return gmve.embed_to_file(view, path, model=model, embeddings_field=valuation.config.embeddings_field,
+                              batch_size=valuation.config.batch_size, progress=progress)
+
+
+def _compute(dataset, key, plan, shard, lock, progress):
+    start, stop = plan["shards"][shard]
+    sdir = _shard_dir(dataset, key, plan["plan_id"], shard)
+    shutil.rmtree(sdir, ignore_errors=True)  # leftovers of a killed attempt
+    os.makedirs(sdir)
+    started = _now()
+    t0 = time.perf_counter()
+    valuation = _valuation_for(dataset, key, plan)
+    gen = valuation.gen
+    ids, paths = gen.ids[start:stop], gen.paths[start:stop]
+    seconds = {}
+
+    t = time.perf_counter()
+    tmp = os.path.join(sdir, "emb.npy.tmp")
+    got, emb = _embed(valuation, dataset.select(ids.tolist(), ordered=True), tmp,
+                      gmvp._stage_progress(progress, "embed"))
+    if list(got) != ids.tolist():
+        raise RuntimeError("The generated samples of shard %d changed while they were embedded; "
+                           "plan again" % shard)
+    gmvp._check_finite(emb, ids)
+    emb = np.array(emb)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(sdir, "emb.npy"))
+    seconds["embed_generated"] = time.perf_counter() - t
+    crashpoint("shard.embedded")
+
+    t = time.perf_counter()
+    rdists, ridx = valuation._recall(emb)
+    _save(os.path.join(sdir, "recall_dists.npy"), rdists)
+    _save(os.path.join(sdir, "recall_idx.npy"), ridx)
+    seconds["recall"] = time.perf_counter() - t
+    crashpoint("shard.recalled")
+
+    t = time.perf_counter()
+    kdists, kidx = valuation._rerank(rdists, ridx, paths, gmvp._stage_progress(progress, "rerank"))
+    _save(os.path.join(sdir, "rerank_dists.npy"), kdists)
+    _save(os.path.join(sdir, "rerank_idx.npy"), kidx)
+    seconds["rerank"] = time.perf_counter() - t
+    crashpoint("shard.reranked")
+
+    t = time.perf_counter()
+    if valuation.config.quality["name"] != "realism":  # realism needs every shard: the reduce scores it
+        q = valuation._quality(paths, None, gmvp._stage_progress(progress, "quality"))
+        _save(os.path.join(sdir, "quality.npy"), q)
+    seconds["quality"] = time.perf_counter() - t
+    crashpoint("shard.scored")
+
+    lock.check()
+    record = {
+        "shard": shard, "rows": [start, stop], "seconds": seconds,
+        "wall_seconds": time.perf_counter() - t0, "host": socket.gethostname(), "pid": os.getpid(),
+        "started_at": started, "finished_at": _now(),
+    }
+    gmvstore.write_json(os.path.join(sdir, "done.json"), record)
+    crashpoint("shard.done")
+    return record
+
+
+# --- status and reduce ----------------------------------------------------------
+
+
+def shard_status(samples, key):
+    """Progress of run ``key``'s live shard plan.
+
+    Returns:
+        a dict with ``plan_id``, ``num_shards``, ``done``, ``running`` and
+        ``pending`` (shard numbers), ``running_on`` (shard -> holder) and
+        ``seconds`` (shard -> wall time of done shards); or None when the run
+        has no plan
+    """
+    dataset = samples._root_dataset
+    doc = _plans().find_one({"_id": locks.lock_id(dataset, key)})
+    if doc is None:
+        return None
+    plan = load_plan(dataset, key, doc["plan_id"])
+    out = {"plan_id": plan["plan_id"], "num_shards": plan["num_shards"], "done": [], "running": [],
+           "pending": [], "running_on": {}, "seconds": {}}
+    for i in range(plan["num_shards"]):
+        done = _done_path(dataset, key, plan["plan_id"], i)
+        if os.path.isfile(done):
+            out["done"].append(i)
+            out["seconds"][i] = gmvstore.read_json(done)["wall_seconds"]
+            continue
+        holder = locks.holder(dataset, "%s#shard%d" % (key, i))
+        if holder is not None:
+            out["running"].append(i)
+            out["running_on"][i] = locks.describe(holder)
+        else:
+            out["pending"].append(i)
+    return out
+
+
+def reduce_shards(samples, key, plan_id, wait=0, compute_missing=False, progress=None):
+    """Completes a sharded valuation: once every shard of plan ``plan_id`` is
+    done, concatenates them in plan order into the run's stage outputs,
+    computes the values and commits the run (one commit, like any other
+    operation).
+
+    Args:
+        wait (0): seconds to wait for shards still running or queued
+        compute_missing (False): whether to compute here the shards that no
+            process is computing (e.g. a failed one) instead of waiting
+        progress (None): like FiftyOne's ``progress``; the bar counts shards
+            done, then the values stage
+
+    Raises:
+        ShardsNotDoneError: naming the shards not done after ``wait`` seconds
+    """
+    dataset = samples._root_dataset
+    with gmvstore.writing(dataset, key, "reduce_shards") as lock:
+        plan = load_plan(dataset, key, plan_id)
+        n = plan["num_shards"]
+        deadline = time.monotonic() + wait
+        with fou.ProgressBar(total=n, progress=gmvp._stage_progress(progress, "shards")) as pb:
+            while True:
+                done = [i for i in range(n) if os.path.isfile(_done_path(dataset, key, plan_id, i))]
+                pb.update(len(done) - pb.iteration)
+                missing = [i for i in range(n) if i not in done]
+                if not missing:
+                    break
+                if compute_missing:
+                    for i in missing:
+                        if locks.holder(dataset, "%s#shard%d" % (key, i)) is None:
+                            compute_shard(dataset, key, plan_id, i)
+                    continue
+                if time.monotonic() >= deadline:
+                    raise ShardsNotDoneError(
+                        "Shards %s of %d of run %r (plan %s) are not done. Retry each alone with "
+                        "gmv.compute_shard(dataset, %r, %r, shard) (or rerun its delegated "
+                        "operation), then reduce again" % (missing, n, key, plan_id, key, plan_id))
+                lock.check()
+                time.sleep(0.5)
+
+        valuation = _valuation_for(dataset, key, plan)
+        if valuation._gen_read.digest != plan["gen_digest"]:
+            raise ValueError("The generated samples of run %r changed since its shards were planned; "
+                             "plan again" % key)
+        _assemble(valuation, dataset, key, plan, progress)
+        valuation._stage_values(progress=gmvp._stage_progress(progress, "values"))
+        results = valuation.commit(lock, reused=[])
+        crashpoint("shards.reduced")
+        _plans().delete_one({"_id": locks.lock_id(dataset, key), "plan_id": plan_id})
+        shutil.rmtree(_plan_dir(dataset, key, plan_id), ignore_errors=True)
+    return results
+
+
+def _assemble(valuation, dataset, key, plan, progress):
+    """Puts the concatenated shard arrays into the run's store as the
+    pending outputs of the generated-side stages."""
+    n = plan["num_shards"]
+    dirs = [_shard_dir(dataset, key, plan["plan_id"], i) for i in range(n)]
+    records = [gmvstore.read_json(os.path.join(d, "done.json")) for d in dirs]
+    realism = valuation.config.quality["name"] == "realism"
+
+    def cat(name):
+        return np.concatenate([np.load(os.path.join(d, name + ".npy")) for d in dirs])
+
+    def seconds(part):
+        return float(sum(r["seconds"][part] for r in records))
+
+    store, gen = valuation.store, valuation.gen
+    files = {"emb": store.save_array("embed_generated", cat("emb"))}
+    for label, arr in (("ids", gen.ids.astype(str)), ("paths", gen.paths.astype(str)), ("keys", gen.keys)):
+        files[label] = store.save_array("embed_generated_" + label, arr)
+    valuation._put("embed_generated", seconds("embed_generated"), files, count=len(gen),
+                   side_digest=gen.digest, emb=valuation._emb_digest())
+    recall = (cat("recall_dists"), cat("recall_idx"))
+    valuation._put("recall", seconds("recall"), valuation._save(recall=recall))
+    valuation._put("rerank", seconds("rerank"),
+                   valuation._save(rerank=(cat("rerank_dists"), cat("rerank_idx"))))
+    t = time.perf_counter()
+    if realism:
+        q = valuation._quality(gen.paths, {"dists": recall[0], "idx": recall[1]},
+                               gmvp._stage_progress(progress, "quality"))
+    else:
+        q = cat("quality")
+    valuation._put("quality", seconds("quality") + time.perf_counter() - t,
+                   {"q": store.save_array("quality", q)}, summary=gmvp._summary(q))
+
+
+# --- delegated operations -------------------------------------------------------
+
+
+def queue_shards(samples, key, plan_id, wait=24 * 3600):
+    """Queues one delegated ``compute_gmv_shard`` operation per shard of plan
+    ``plan_id``, then one ``reduce_gmv_shards`` that waits up to ``wait``
+    seconds for them (the queue runs in order, so any number of
+    ``fiftyone delegated launch`` workers >= 1 completes the valuation).
+
+    Returns:
+        a dict of ``shard_operations`` and ``reduce_operation`` (ids)
+    """
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from fiftyone.operators.executor import ExecutionContext
+
+    dataset = samples._root_dataset
+    plan = load_plan(dataset, key, plan_id)
+    service = DelegatedOperationService()
+
+    def queue(name, label, params):
+        ctx = ExecutionContext(request_params={
+            "dataset_name": dataset.name, "dataset_id": str(dataset._doc.id),
+            "params": params, "delegated": True,
+        })
+        return str(service.queue_operation(operator="%s/%s" % (PLUGIN, name), label=label, context=ctx).id)
+
+    n = plan["num_shards"]
+    shard_ops = [
+        queue("compute_gmv_shard", "GMValuator shard %d/%d (key=%s)" % (i + 1, n, key),
+              {"run_key": key, "plan_id": plan_id, "shard": i})
+        for i in range(n)
+    ]
+    reduce_op = queue("reduce_gmv_shards", "GMValuator reduce %d shards (key=%s)" % (n, key),
+                      {"run_key": key, "plan_id": plan_id, "wait": wait})
+    return {"shard_operations": shard_ops, "reduce_operation": reduce_op}
+
+
+def compute_values_sharded(train_view, generated_view, key="gmv", shards=2, overwrite=False,
+                           wait=24 * 3600, progress=None, **kwargs):
+    """:func:`gmv_plugin.compute_values` with the generated side computed by
+    delegated-operation workers: registers the run, computes the training
+    side here (:func:`plan_shards`), then queues ``shards`` shard operations
+    and the reduce. Start workers with ``fiftyone delegated launch`` (same
+    database, plugins directory and ``GMV_RUNS_DIR``); follow progress with
+    :func:`shard_status`.
+
+    Args:
+        shards (2): the number of shards (at most one per :data:`ALIGN`
+            generated samples)
+        wait: seconds the reduce waits for the shards
+        kwargs: the valuation options of :func:`gmv_plugin.compute_values`
+
+    Returns:
+        a dict with ``plan_id``, ``num_shards``, ``shards``,
+        ``shard_operations`` and ``reduce_operation``
+    """
+    gmvp.init_valuation(train_view, generated_view, key=key, overwrite=overwrite, **kwargs)
+    plan = plan_shards(train_view, key, shards, progress=progress)
+    plan.update(queue_shards(train_view, key, plan["plan_id"], wait=wait))
+    return plan

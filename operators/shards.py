@@ -1,0 +1,113 @@
+"""Sharded valuation over delegated operations: one operator per shard
+(``compute_gmv_shard``) and the reduce (``reduce_gmv_shards``), both queued
+by :func:`gmv_plugin.shards.compute_values_sharded` (the ``shards`` field of
+the compute_values form), plus the form field itself."""
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from gmv_plugin import shards as gmvshards
+
+from . import _common as c
+
+
+def add_shards(inputs, ctx):
+    """The number of shards, offered when the run is delegated."""
+    if not c.param(ctx, "delegate", True):
+        return
+    inputs.int("shards", min=1, default=1, label="Shards (delegated workers)",
+               description="Split the generated samples into this many shards, each a separate "
+               "delegated operation, then one reduce; every `fiftyone delegated launch` worker "
+               "needs the same database, plugins directory and GMV_RUNS_DIR. A shard holds "
+               "whole blocks of %d generated samples; 1 = one process" % gmvshards.ALIGN)
+
+
+def num_shards(ctx):
+    n = c.param(ctx, "shards", 1)
+    if not isinstance(n, int) or n < 1:
+        raise ValueError("shards must be an integer >= 1; got %r" % (n,))
+    return n
+
+
+def compute_sharded(ctx, train, generated, kwargs):
+    """Plans the shards of a new run and queues them with the reduce."""
+    plan = gmvshards.compute_values_sharded(
+        train, generated, shards=num_shards(ctx),
+        progress=c.progress(ctx, "GMValuator %r (planning shards)" % kwargs["key"]), **kwargs)
+    return {"key": kwargs["key"], "plan_id": plan["plan_id"], "num_shards": plan["num_shards"],
+            "summary": "Queued %d shard operations and a reduce (plan %s). Start `fiftyone "
+            "delegated launch` workers to run them." % (plan["num_shards"], plan["plan_id"])}
+
+
+class ComputeGMVShard(foo.Operator):
+    """Computes one shard of a planned sharded valuation
+    (:func:`gmv_plugin.shards.compute_shard`)."""
+
+    @property
+    def config(self):
+        return c.operator_config(
+            "compute_gmv_shard", "GMValuator: compute one shard",
+            "Embed, recall, re-rank and score one shard of a sharded valuation",
+            delegated=True, unlisted=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.str("run_key", required=True, label="Run key")
+        inputs.str("plan_id", required=True, label="Plan")
+        inputs.int("shard", required=True, min=0, label="Shard")
+        return types.Property(inputs)
+
+    def resolve_run_name(self, ctx):
+        return "GMValuator shard %s (key=%s)" % (c.param(ctx, "shard"), c.param(ctx, "run_key"))
+
+    def execute(self, ctx):
+        key = c.param(ctx, "run_key")
+        shard = int(c.param(ctx, "shard"))
+        record = gmvshards.compute_shard(
+            ctx.dataset, key, c.param(ctx, "plan_id"), shard,
+            progress=c.progress(ctx, "GMValuator %r shard %d" % (key, shard)),
+        )
+        return {"shard": shard, "rows": record["rows"], "seconds": record["wall_seconds"],
+                "host": record["host"]}
+
+
+class ReduceGMVShards(foo.Operator):
+    """Waits for the shards of a plan, then computes the values and commits
+    the run (:func:`gmv_plugin.shards.reduce_shards`)."""
+
+    @property
+    def config(self):
+        return c.operator_config(
+            "reduce_gmv_shards", "GMValuator: reduce shards",
+            "Combine the shards of a sharded valuation and write the values",
+            delegated=True, unlisted=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.str("run_key", required=True, label="Run key")
+        inputs.str("plan_id", required=True, label="Plan")
+        inputs.float("wait", default=0, min=0, label="Seconds to wait for shards")
+        inputs.bool("compute_missing", default=False,
+                    label="Compute here the shards no worker is computing")
+        return types.Property(inputs)
+
+    def resolve_run_name(self, ctx):
+        return "GMValuator reduce (key=%s)" % c.param(ctx, "run_key")
+
+    def execute(self, ctx):
+        key = c.param(ctx, "run_key")
+        gmvshards.reduce_shards(
+            ctx.dataset, key, c.param(ctx, "plan_id"), wait=float(c.param(ctx, "wait", 0)),
+            compute_missing=bool(c.param(ctx, "compute_missing", False)),
+            progress=c.progress(ctx, "GMValuator %r reduce" % key),
+        )
+        ctx.ops.reload_dataset()
+        return dict(key=key, **c.report_result(ctx.dataset, key))
+
+    def resolve_output(self, ctx):
+        return c.report_output()
+
+
+OPERATORS = [ComputeGMVShard, ReduceGMVShards]

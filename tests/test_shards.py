@@ -1,0 +1,180 @@
+"""Sharded valuation: shards computed apart (in this process, in killed
+children, by real `fiftyone delegated launch` workers) reduce to exactly the
+run a single process computes: same fields, same array files bit for bit."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+import fiftyone as fo
+import gmv_plugin as gmv
+from gmv_plugin import shards as gmvshards
+from gmv_plugin import store as gmvstore
+from gmv_plugin.faults import CRASH_EXIT_CODE
+
+from conftest import ROOT, load_mnist, write_pngs
+from test_faults import diff, leftovers, snapshot
+
+N_TRAIN, N_GEN = 300, 8400  # 8400 generated samples: 3 blocks of gmvshards.ALIGN
+OPTS = dict(k=5, rerank="l2", quality="realism", temperature="auto")
+
+
+def options():
+    return dict(OPTS, model=gmv.PixelEmbedder(size=16))
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    images, _ = load_mnist(N_TRAIN + N_GEN)
+    paths = write_pngs(images, tmp_path_factory.mktemp("shards"))
+    dataset = fo.Dataset("gmv-shards", overwrite=True)
+    dataset.add_samples((fo.Sample(filepath=p, tags=["train" if i < N_TRAIN else "generated"])
+                         for i, p in enumerate(paths)), progress=False)
+    yield dataset
+    dataset.delete()
+
+
+@pytest.fixture(scope="module")
+def ref(ds):
+    gmv.compute_values(ds.match_tags("train"), ds.match_tags("generated"), key="single",
+                       progress=False, **options())
+    return snapshot(ds, "single")
+
+
+def start_run(ds, key, num_shards):
+    gmv.init_valuation(ds.match_tags("train"), ds.match_tags("generated"), key=key, **options())
+    return gmv.plan_shards(ds, key, num_shards, progress=False)
+
+
+def check_equal(ds, key, ref):
+    snap = snapshot(ds, key)
+    assert snap == ref, diff(snap, ref)
+    assert leftovers(ds, key) == []
+    assert gmv.shard_status(ds, key) is None
+
+
+@pytest.mark.parametrize("num_shards", [2, 3])
+def test_sharded_equals_single_process(ds, ref, num_shards):
+    key = "sh%d" % num_shards
+    plan = start_run(ds, key, num_shards)
+    assert plan["num_shards"] == num_shards
+    assert plan["shards"][0] == (0, 4096)
+    records = {}
+    for i in reversed(range(num_shards)):  # any order
+        records[i] = gmv.compute_shard(ds, key, plan["plan_id"], i, progress=False)
+    status = gmv.shard_status(ds, key)
+    assert status["done"] == list(range(num_shards)) and not status["pending"]
+    # a done shard is skipped
+    assert gmv.compute_shard(ds, key, plan["plan_id"], 0) == records[0]
+    assert records[0]["rows"] == [0, 4096]
+    gmv.reduce_shards(ds, key, plan["plan_id"], progress=False)
+    check_equal(ds, key, ref)
+    assert not os.listdir(os.path.join(gmvstore.RunStore(ds, key).dir, "shards"))
+    gmv.delete_run(ds, key)
+
+
+def child_shard(ds, key, plan_id, shard, env):
+    code = ("import sys, fiftyone as fo, gmv_plugin as gmv; "
+            "gmv.compute_shard(fo.load_dataset(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]))")
+    proc = subprocess.run([sys.executable, "-c", code, ds.name, key, plan_id, str(shard)],
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), **env), cwd=str(ROOT),
+                          capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.parametrize("point", ["shard.embedded", "shard.recalled", "shard.done"])
+def test_killed_shard_is_retried_alone(ds, ref, point):
+    key = "kill_" + point.split(".")[1]
+    plan = start_run(ds, key, 2)
+    pid = plan["plan_id"]
+    gmv.compute_shard(ds, key, pid, 0)
+    rc, err = child_shard(ds, key, pid, 1, {"GMV_CRASH_AT": point})
+    assert rc == CRASH_EXIT_CODE, err
+    if point != "shard.done":
+        with pytest.raises(gmvshards.ShardsNotDoneError, match=r"Shards \[1\] of 2 .* compute_shard"):
+            gmv.reduce_shards(ds, key, pid)
+        status = gmv.shard_status(ds, key)
+        assert status["done"] == [0] and status["pending"] == [1] and not status["running"]
+        assert gmv.list_runs(ds).count(key) == 1 and not ds.has_field(key + "_value")
+        # retried alone (its lock was left by a dead process; its partial files are redone)
+        gmv.compute_shard(ds, key, pid, 1)
+    gmv.reduce_shards(ds, key, pid, progress=False)
+    check_equal(ds, key, ref)
+    gmv.delete_run(ds, key)
+
+
+def test_reduce_can_compute_missing_shards_and_rejects_stale_plans(ds, ref):
+    plan = start_run(ds, "miss", 3)
+    gmv.compute_shard(ds, "miss", plan["plan_id"], 1)
+    gmv.reduce_shards(ds, "miss", plan["plan_id"], compute_missing=True, progress=False)
+    check_equal(ds, "miss", ref)
+    with pytest.raises(ValueError, match="no live shard plan"):
+        gmv.compute_shard(ds, "miss", plan["plan_id"], 0)
+    # a plan made stale by a change of the run is refused, not mixed in
+    plan = gmv.plan_shards(ds, "miss", 2)
+    gmv.assign_values(ds, key="miss", temperature=0.5, progress=False)
+    with pytest.raises(ValueError, match="changed since its shards were planned"):
+        gmv.compute_shard(ds, "miss", plan["plan_id"], 0)
+    gmv.delete_run(ds, "miss")
+
+
+def test_worker_with_another_runs_dir_is_told_to_mount_it(ds, ref, tmp_path, monkeypatch):
+    plan = start_run(ds, "mnt", 2)
+    planned_dir = os.environ["GMV_RUNS_DIR"]
+    monkeypatch.setenv("GMV_RUNS_DIR", str(tmp_path / "elsewhere"))
+    with pytest.raises(gmvshards.RunsDirUnreachableError) as e:
+        gmv.compute_shard(ds, "mnt", plan["plan_id"], 0)
+    assert planned_dir in str(e.value) and "must mount that directory and set GMV_RUNS_DIR" in str(e.value)
+    assert not (tmp_path / "elsewhere").exists()  # nothing written there
+    monkeypatch.setenv("GMV_RUNS_DIR", planned_dir)
+    with pytest.raises(ValueError, match="num_shards must be an integer >= 1"):
+        gmv.plan_shards(ds, "mnt", 0)
+    gmv.delete_run(ds, "mnt")
+
+
+def test_delegated_workers_compute_a_sharded_run(ds, ref):
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    svc = DelegatedOperationService()
+    out = gmv.compute_values_sharded(ds.match_tags("train"), ds.match_tags("generated"), key="dl",
+                                     shards=3, progress=False, **options())
+    assert out["num_shards"] == 3 and len(out["shard_operations"]) == 3
+    queued = [op.operator for op in svc.list_operations(dataset_name=ds.name, run_state="queued")]
+    assert queued == ["@gmvaluator/gmv/compute_gmv_shard"] * 3 + ["@gmvaluator/gmv/reduce_gmv_shards"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cli = os.path.join(os.path.dirname(sys.executable), "fiftyone")
+    workers = [subprocess.Popen([cli, "delegated", "launch"], env=env, cwd=str(ROOT),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    try:
+        deadline = time.time() + 240
+        ids = out["shard_operations"] + [out["reduce_operation"]]
+        while time.time() < deadline:
+            states = [svc.get(_oid(i)).run_state for i in ids]
+            if all(s in ("completed", "failed") for s in states):
+                break
+            time.sleep(0.5)
+        docs = [svc.get(_oid(i)) for i in ids]
+        assert [d.run_state for d in docs] == ["completed"] * 4, [(d.run_state, d.result) for d in docs]
+        hosts = {d.result.result["shard"]: d.result.result for d in docs[:3]}
+        assert sorted(hosts) == [0, 1, 2]
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            try:
+                w.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                w.kill()
+    check_equal(ds, "dl", ref)
+    gmv.delete_run(ds, "dl")
+
+
+def _oid(s):
+    from bson import ObjectId
+
+    return ObjectId(s)
