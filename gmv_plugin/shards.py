@@ -69,6 +69,10 @@ class ShardsNotDoneError(RuntimeError):
     """Some shards of a plan are not computed yet."""
 
 
+class PlanReducedError(ValueError):
+    """The plan's shards were already reduced into the run."""
+
+
 def _plans():
     from fiftyone.core.odm.database import get_db_conn
 
@@ -195,6 +199,8 @@ def load_plan(samples, key, plan_id):
     """
     dataset = samples._root_dataset
     doc = _plans().find_one({"_id": locks.lock_id(dataset, key)})
+    if doc is not None and doc.get("reduced_plan") == plan_id:
+        raise PlanReducedError("Shard plan %r of run %r was already reduced into the run" % (plan_id, key))
     if doc is None or doc["plan_id"] != plan_id:
         raise ValueError(
             "Run %r on dataset %r has no live shard plan %r (%s): it was reduced or replaced "
@@ -361,7 +367,7 @@ def shard_status(samples, key):
     """
     dataset = samples._root_dataset
     doc = _plans().find_one({"_id": locks.lock_id(dataset, key)})
-    if doc is None:
+    if doc is None or doc["plan_id"] is None:
         return None
     plan = load_plan(dataset, key, doc["plan_id"])
     out = {"plan_id": plan["plan_id"], "num_shards": plan["num_shards"], "done": [], "running": [],
@@ -410,10 +416,11 @@ def reduce_shards(samples, key, plan_id, wait=0, compute_missing=False, progress
                 if not missing:
                     break
                 if compute_missing:
-                    for i in missing:
-                        if locks.holder(dataset, "%s#shard%d" % (key, i)) is None:
-                            compute_shard(dataset, key, plan_id, i)
-                    continue
+                    free = [i for i in missing if locks.holder(dataset, "%s#shard%d" % (key, i)) is None]
+                    for i in free:
+                        compute_shard(dataset, key, plan_id, i)
+                    if free:
+                        continue
                 if time.monotonic() >= deadline:
                     raise ShardsNotDoneError(
                         "Shards %s of %d of run %r (plan %s) are not done. Retry each alone with "
@@ -430,7 +437,9 @@ def reduce_shards(samples, key, plan_id, wait=0, compute_missing=False, progress
         valuation._stage_values(progress=gmvp._stage_progress(progress, "values"))
         results = valuation.commit(lock, reused=[])
         crashpoint("shards.reduced")
-        _plans().delete_one({"_id": locks.lock_id(dataset, key), "plan_id": plan_id})
+        # shard operations still queued for this plan then skip it
+        _plans().update_one({"_id": locks.lock_id(dataset, key), "plan_id": plan_id},
+                            {"$set": {"plan_id": None, "reduced_plan": plan_id}})
         shutil.rmtree(_plan_dir(dataset, key, plan_id), ignore_errors=True)
     return results
 
@@ -473,10 +482,15 @@ def _assemble(valuation, dataset, key, plan, progress):
 
 
 def queue_shards(samples, key, plan_id, wait=24 * 3600):
-    """Queues one delegated ``compute_gmv_shard`` operation per shard of plan
-    ``plan_id``, then one ``reduce_gmv_shards`` that waits up to ``wait``
-    seconds for them (the queue runs in order, so any number of
-    ``fiftyone delegated launch`` workers >= 1 completes the valuation).
+    """Queues one ``reduce_gmv_shards`` delegated operation, then one
+    ``compute_gmv_shard`` per shard of plan ``plan_id``.
+
+    ``fiftyone delegated launch`` runs the newest queued operation first, so
+    the shards start before the reduce; the reduce waits up to ``wait``
+    seconds for shards running elsewhere and computes itself any shard that
+    no worker has taken (whatever order another orchestrator uses, any
+    number of workers >= 1 completes the valuation). Shard operations that
+    find their plan already reduced do nothing.
 
     Returns:
         a dict of ``shard_operations`` and ``reduce_operation`` (ids)
@@ -496,13 +510,13 @@ def queue_shards(samples, key, plan_id, wait=24 * 3600):
         return str(service.queue_operation(operator="%s/%s" % (PLUGIN, name), label=label, context=ctx).id)
 
     n = plan["num_shards"]
+    reduce_op = queue("reduce_gmv_shards", "GMValuator reduce %d shards (key=%s)" % (n, key),
+                      {"run_key": key, "plan_id": plan_id, "wait": wait, "compute_missing": True})
     shard_ops = [
         queue("compute_gmv_shard", "GMValuator shard %d/%d (key=%s)" % (i + 1, n, key),
               {"run_key": key, "plan_id": plan_id, "shard": i})
         for i in range(n)
     ]
-    reduce_op = queue("reduce_gmv_shards", "GMValuator reduce %d shards (key=%s)" % (n, key),
-                      {"run_key": key, "plan_id": plan_id, "wait": wait})
     return {"shard_operations": shard_ops, "reduce_operation": reduce_op}
 
 

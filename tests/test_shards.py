@@ -86,7 +86,7 @@ def child_shard(ds, key, plan_id, shard, env):
     return proc.returncode, proc.stderr
 
 
-@pytest.mark.parametrize("point", ["shard.embedded", "shard.recalled", "shard.done"])
+@pytest.mark.parametrize("point", ["shard.recalled", "shard.done"])
 def test_killed_shard_is_retried_alone(ds, ref, point):
     key = "kill_" + point.split(".")[1]
     plan = start_run(ds, key, 2)
@@ -95,7 +95,7 @@ def test_killed_shard_is_retried_alone(ds, ref, point):
     rc, err = child_shard(ds, key, pid, 1, {"GMV_CRASH_AT": point})
     assert rc == CRASH_EXIT_CODE, err
     if point != "shard.done":
-        with pytest.raises(gmvshards.ShardsNotDoneError, match=r"Shards \[1\] of 2 .* compute_shard"):
+        with pytest.raises(gmvshards.ShardsNotDoneError, match=r"Shards \[1\] of 2 .*gmv.compute_shard"):
             gmv.reduce_shards(ds, key, pid)
         status = gmv.shard_status(ds, key)
         assert status["done"] == [0] and status["pending"] == [1] and not status["running"]
@@ -112,7 +112,7 @@ def test_reduce_can_compute_missing_shards_and_rejects_stale_plans(ds, ref):
     gmv.compute_shard(ds, "miss", plan["plan_id"], 1)
     gmv.reduce_shards(ds, "miss", plan["plan_id"], compute_missing=True, progress=False)
     check_equal(ds, "miss", ref)
-    with pytest.raises(ValueError, match="no live shard plan"):
+    with pytest.raises(gmvshards.PlanReducedError, match="already reduced"):
         gmv.compute_shard(ds, "miss", plan["plan_id"], 0)
     # a plan made stale by a change of the run is refused, not mixed in
     plan = gmv.plan_shards(ds, "miss", 2)
@@ -143,7 +143,7 @@ def test_delegated_workers_compute_a_sharded_run(ds, ref):
     out = gmv.compute_values_sharded(ds.match_tags("train"), ds.match_tags("generated"), key="dl",
                                      shards=3, progress=False, **options())
     assert out["num_shards"] == 3 and len(out["shard_operations"]) == 3
-    queued = [op.operator for op in svc.list_operations(dataset_name=ds.name, run_state="queued")]
+    queued = sorted(op.operator for op in svc.list_operations(dataset_name=ds.name, run_state="queued"))
     assert queued == ["@gmvaluator/gmv/compute_gmv_shard"] * 3 + ["@gmvaluator/gmv/reduce_gmv_shards"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cli = os.path.join(os.path.dirname(sys.executable), "fiftyone")
