@@ -91,9 +91,7 @@ def compute_values(
     Returns:
         a :class:`gmv_plugin.runs.GMValuationResults`
     """
-    params = dict(locals())
-    for name in ("train_view", "generated_view", "key", "overwrite", "progress"):
-        params.pop(name)
+    params = _model_params(locals())
     dataset = train_view._root_dataset
     gmvval.check_key(dataset, key, overwrite=overwrite)
     with gmvstore.writing(dataset, key, "compute_values") as lock:
@@ -127,15 +125,19 @@ def init_valuation(
     :class:`Valuation` whose stages can be run one by one (e.g. with
     :func:`compute_embeddings`, then :func:`build_index`, ...).
     """
-    params = dict(locals())
-    for name in ("train_view", "generated_view", "key", "overwrite", "_generated_added"):
-        params.pop(name)
+    params = _model_params(locals())
     dataset = train_view._root_dataset
     gmvval.check_key(dataset, key, overwrite=overwrite)
     with gmvstore.writing(dataset, key, "init_valuation") as lock:
         valuation = _prepare(train_view, generated_view, key, overwrite, params, _generated_added)
         valuation.commit(lock, reused=[])
     return valuation
+
+
+def _model_params(scope):
+    """The valuation parameters among a caller's arguments."""
+    skip = ("train_view", "generated_view", "key", "overwrite", "progress", "_generated_added")
+    return {k: v for k, v in scope.items() if k not in skip}
 
 
 def _prepare(train_view, generated_view, key, overwrite, params, generated_added=None, progress=None):
