@@ -104,4 +104,4 @@ class UpdateValues(foo.Operator):
         return c.report_output(outputs)
 
 
-OPERATORS = [ComputeValues, UpdateValues]
+OPERATORS = [ComputeValues, UpdateValues] + shards.OPERATORS
