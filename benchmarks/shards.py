@@ -1,0 +1,242 @@
+"""Sharded valuation over delegated-operation workers vs one process.
+
+Values N_TRAIN MNIST-like training PNGs from N_GEN generated PNGs (pixels
+32x32 grey, flat index, k = 50, no re-rank, no quality) three ways on the
+same dataset and private database: one process (``compute_values``), and
+``compute_values_sharded`` run by 2 and by 4 local ``fiftyone delegated
+launch`` workers (one shard per worker). Checks that the sharded runs equal
+the single one bit for bit (every array file of the run and every field),
+and reports wall times, per-shard and reduce times, beside a bare numpy +
+FAISS computation of the same values on the same images.
+
+    .venv/bin/python -m benchmarks.shards [--train 20000] [--generated 16384]
+
+Writes benchmarks/results/shards.json.
+"""
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CACHE = ROOT / "benchmarks" / ".cache" / "shards"
+CONFIG = dict(index="flat", k=50, rerank="none", quality="none", temperature=1.0)
+
+
+def images(n, seed):
+    """``n`` MNIST-like 28x28 digits: MNIST test digits, shifted and noised."""
+    import numpy as np
+
+    mnist = pathlib.Path(os.environ.get("GMV_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
+    with gzip.open(mnist / "t10k-images-idx3-ubyte.gz") as f:
+        base = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    rng = np.random.default_rng(seed)
+    pick = base[rng.integers(0, len(base), n)].astype(np.float32)
+    dx, dy = rng.integers(-2, 3, n), rng.integers(-2, 3, n)
+    out = np.empty_like(pick)
+    for i in range(n):
+        out[i] = np.roll(np.roll(pick[i], dx[i], axis=1), dy[i], axis=0)
+    out += rng.normal(0, 12, out.shape)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def build_dataset(n_train, n_gen):
+    from PIL import Image
+
+    import fiftyone as fo
+
+    name = "gmv-shards-%d-%d" % (n_train, n_gen)
+    if fo.dataset_exists(name):
+        return fo.load_dataset(name)
+    d = CACHE / "png"
+    d.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for tag, arr in (("train", images(n_train, 0)), ("generated", images(n_gen, 1))):
+        for i, img in enumerate(arr):
+            p = d / ("%s_%06d.png" % (tag, i))
+            if not p.exists():
+                Image.fromarray(img).save(p)
+            samples.append(fo.Sample(filepath=str(p), tags=[tag]))
+    ds = fo.Dataset(name, persistent=True)
+    ds.add_samples(samples, progress=False)
+    return ds
+
+
+def bare(ds, k):
+    """numpy + FAISS on the same images: read, embed, exact search, Eq. 4 + bincount."""
+    import faiss
+    import numpy as np
+    from PIL import Image
+
+    def embed(paths):
+        x = np.stack([np.asarray(Image.open(p).convert("L").resize((32, 32), Image.BILINEAR),
+                                 dtype=np.float32).ravel() for p in paths]) / 255.0
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    start = time.perf_counter()
+    tr = embed(ds.match_tags("train").values("filepath"))
+    ge = embed(ds.match_tags("generated").values("filepath"))
+    index = faiss.IndexFlatL2(tr.shape[1])
+    index.add(tr)
+    d, idx = index.search(ge, k)
+    w = np.exp(-np.sqrt(np.maximum(d, 0)))
+    w /= w.sum(axis=1, keepdims=True)
+    np.bincount(idx.ravel(), weights=w.ravel(), minlength=len(tr))
+    return time.perf_counter() - start
+
+
+def fingerprint(ds, key):
+    """sha1 of every array file of the run (names aside) and of its fields."""
+    import numpy as np
+
+    from gmv_plugin import runs as gmvruns
+    from gmv_plugin import store as gmvstore
+
+    ds.reload()
+    store = gmvstore.RunStore(ds, key)
+    out = {}
+    for part, entry in sorted(store.manifest()["stages"].items()):
+        for label, name in sorted(entry["files"].items()):
+            with open(store.path(name), "rb") as f:
+                out["%s.%s" % (part, label)] = hashlib.sha1(f.read()).hexdigest()
+    for field in gmvruns.all_field_names(key):
+        if ds.has_field(field):
+            ids, vals = ds.exists(field).values(["id", field])
+            blob = json.dumps(sorted(zip(ids, vals)), default=float).encode()
+            out[field[len(key) + 1:]] = hashlib.sha1(blob).hexdigest()
+    return out
+
+
+def start_workers(n, env):
+    cli = os.path.join(os.path.dirname(sys.executable), "fiftyone")
+    return [subprocess.Popen([cli, "delegated", "launch"], env=env, cwd=str(ROOT),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(n)]
+
+
+def stop_workers(workers):
+    for w in workers:
+        w.terminate()
+    for w in workers:
+        try:
+            w.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            w.kill()
+
+
+def sharded(ds, key, n, env):
+    from bson import ObjectId
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    import gmv_plugin as gmv
+
+    svc = DelegatedOperationService()
+    workers = start_workers(n, env)
+    try:
+        time.sleep(8)  # workers import FiftyOne and the plugin before the clock starts
+        start = time.perf_counter()
+        out = gmv.compute_values_sharded(ds.match_tags("train"), ds.match_tags("generated"), key=key,
+                                         shards=n, progress=False, model=gmv.PixelEmbedder(mode="L"),
+                                         **CONFIG)
+        planned = time.perf_counter() - start
+        ids = [ObjectId(i) for i in out["shard_operations"] + [out["reduce_operation"]]]
+        while True:
+            docs = [svc.get(i) for i in ids]
+            if all(d.run_state in ("completed", "failed") for d in docs):
+                break
+            time.sleep(0.2)
+        wall = time.perf_counter() - start
+    finally:
+        stop_workers(workers)
+    failed = [(d.label, d.result.error if d.result else None) for d in docs if d.run_state != "completed"]
+    if failed:
+        raise RuntimeError("Operations failed: %s" % failed)
+    ds.reload()  # the reduce changed the run in a worker process
+    shards = [d.result.result for d in docs[:-1]]
+    reduce_doc = docs[-1]
+    return {
+        "workers": n,
+        "num_shards": out["num_shards"],
+        "rows": [s.get("rows") for s in shards],
+        "wall_s": wall,
+        "plan_s": planned,
+        "shard_s": [s.get("seconds") for s in shards],
+        "reduce_s": (reduce_doc.completed_at - reduce_doc.started_at).total_seconds(),
+        "reduce_waited_from_s": (reduce_doc.started_at - docs[0].queued_at).total_seconds(),
+        "timings": gmv.load_results(ds, key).timings,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--train", type=int, default=20_000)
+    p.add_argument("--generated", type=int, default=16_384)
+    p.add_argument("--workers", default="2,4")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shards.json"))
+    args = p.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.run import _setup_env
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    _setup_env(CACHE)
+    plugins = CACHE / "plugins"
+    plugins.mkdir(exist_ok=True)
+    if not (plugins / "gmv").exists():
+        (plugins / "gmv").symlink_to(ROOT, target_is_directory=True)
+    os.environ["FIFTYONE_PLUGINS_DIR"] = str(plugins)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    import gmv_plugin as gmv
+
+    assert gmv.__file__.startswith(str(ROOT)), gmv.__file__
+    t = time.perf_counter()
+    ds = build_dataset(args.train, args.generated)
+    print("dataset: %.1f s" % (time.perf_counter() - t), flush=True)
+    for key in gmv.list_runs(ds):
+        gmv.delete_run(ds, key)
+
+    start = time.perf_counter()
+    res = gmv.compute_values(ds.match_tags("train"), ds.match_tags("generated"), key="single",
+                             progress=False, model=gmv.PixelEmbedder(mode="L"), **CONFIG)
+    single = {"wall_s": time.perf_counter() - start, "timings": res.timings}
+    print("single: %.1f s" % single["wall_s"], flush=True)
+    ref = fingerprint(ds, "single")
+    runs = []
+    for n in [int(x) for x in args.workers.split(",")]:
+        key = "sharded_%d" % n
+        row = sharded(ds, key, n, env)
+        fp = fingerprint(ds, key)
+        row["identical_to_single"] = fp == ref
+        row["differing"] = sorted(k for k in ref if fp.get(k) != ref[k])
+        runs.append(row)
+        print("%d workers: %.1f s, identical=%s" % (n, row["wall_s"], row["identical_to_single"]), flush=True)
+        gmv.delete_run(ds, key)
+    bare_s = bare(ds, CONFIG["k"])
+    result = {
+        "setting": "%d training / %d generated MNIST-like PNGs, pixels 32x32 grey, %s"
+                   % (args.train, args.generated, CONFIG),
+        "single": single,
+        "sharded": runs,
+        "bare_s": bare_s,
+        "ratio_single_vs_bare": single["wall_s"] / bare_s,
+        "repeats": 1,
+        "machine": "%s, %d CPUs" % (platform.platform(), os.cpu_count()),
+        "date": time.strftime("%Y-%m-%d"),
+        "note": "workers are local processes on the same CPUs as everything else; each shard "
+                "holds whole blocks of %d generated samples" % gmv.shards.ALIGN,
+    }
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    print(json.dumps({"single_s": single["wall_s"], "bare_s": bare_s,
+                      "sharded": [(r["workers"], r["wall_s"], r["shard_s"], r["reduce_s"],
+                                   r["identical_to_single"]) for r in runs]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
