@@ -39,6 +39,26 @@ def compute_sharded(ctx, train, generated, kwargs):
             "delegated launch` workers to run them." % (plan["num_shards"], plan["plan_id"])}
 
 
+def add_plan(inputs, ctx):
+    """Run choice, its live plan and shard progress; returns the status or None."""
+    key = c.add_run_choice(inputs, ctx)
+    if key is None:
+        return None
+    try:
+        status = gmvshards.shard_status(ctx.dataset, key)
+    except Exception as e:  # e.g. this process does not see the runs directory
+        inputs.view("plan_warning", types.Warning(label=str(e)))
+        return None
+    if status is None:
+        inputs.view("plan_none", types.Warning(
+            label="Run %r has no shard plan: compute values with several shards first" % key))
+        return None
+    inputs.str("plan_id", default=status["plan_id"], required=True, label="Shard plan")
+    inputs.view("plan_status", types.Notice(label="%d shards: done %s, running %s, pending %s" % (
+        status["num_shards"], status["done"], status["running"], status["pending"])))
+    return status
+
+
 class ComputeGMVShard(foo.Operator):
     """Computes one shard of a planned sharded valuation
     (:func:`gmv_plugin.shards.compute_shard`)."""
@@ -47,16 +67,19 @@ class ComputeGMVShard(foo.Operator):
     def config(self):
         return c.operator_config(
             "compute_gmv_shard", "GMValuator: compute one shard",
-            "Embed, recall, re-rank and score one shard of a sharded valuation",
-            delegated=True, unlisted=True,
+            "Embed, recall, re-rank and score one shard of a sharded valuation "
+            "(e.g. retry a failed one)",
+            delegated=True,
         )
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        inputs.str("run_key", required=True, label="Run key")
-        inputs.str("plan_id", required=True, label="Plan")
-        inputs.int("shard", required=True, min=0, label="Shard")
-        return types.Property(inputs)
+        status = add_plan(inputs, ctx)
+        if status is not None:
+            todo = status["pending"] + status["running"] + status["done"]
+            inputs.int("shard", required=True, min=0, max=status["num_shards"] - 1,
+                       default=todo[0], label="Shard")
+        return types.Property(inputs, view=types.View(label="GMValuator: compute one shard"))
 
     def resolve_run_name(self, ctx):
         return "GMValuator shard %s (key=%s)" % (c.param(ctx, "shard"), c.param(ctx, "run_key"))
@@ -84,17 +107,16 @@ class ReduceGMVShards(foo.Operator):
         return c.operator_config(
             "reduce_gmv_shards", "GMValuator: reduce shards",
             "Combine the shards of a sharded valuation and write the values",
-            delegated=True, unlisted=True,
+            delegated=True,
         )
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        inputs.str("run_key", required=True, label="Run key")
-        inputs.str("plan_id", required=True, label="Plan")
-        inputs.float("wait", default=0, min=0, label="Seconds to wait for shards")
-        inputs.bool("compute_missing", default=False,
-                    label="Compute here the shards no worker is computing")
-        return types.Property(inputs)
+        if add_plan(inputs, ctx) is not None:
+            inputs.float("wait", default=0, min=0, label="Seconds to wait for running shards")
+            inputs.bool("compute_missing", default=False,
+                        label="Compute here the shards no worker is computing")
+        return types.Property(inputs, view=types.View(label="GMValuator: reduce shards"))
 
     def resolve_run_name(self, ctx):
         return "GMValuator reduce (key=%s)" % c.param(ctx, "run_key")

@@ -11,6 +11,9 @@ import time
 import pytest
 
 import fiftyone as fo
+import fiftyone.operators as foo
+from fiftyone.operators.executor import ExecutionContext
+from fiftyone.operators.registry import OperatorRegistry
 import gmv_plugin as gmv
 from gmv_plugin import shards as gmvshards
 from gmv_plugin import store as gmvstore
@@ -20,6 +23,7 @@ from conftest import ROOT, load_mnist, write_pngs
 from test_faults import diff, leftovers, snapshot
 
 N_TRAIN, N_GEN = 300, 8400  # 8400 generated samples: 3 blocks of gmvshards.ALIGN
+URI = "@gmvaluator/gmv/"
 OPTS = dict(k=5, rerank="l2", quality="realism", temperature="auto")
 
 
@@ -43,6 +47,12 @@ def ref(ds):
     gmv.compute_values(ds.match_tags("train"), ds.match_tags("generated"), key="single",
                        progress=False, **options())
     return snapshot(ds, "single")
+
+
+def form(name, dataset, params):
+    op = OperatorRegistry().get_operator(URI + name)
+    req = {"dataset_name": dataset.name, "params": dict(params), "selected": []}
+    return op.resolve_input(ExecutionContext(req)).to_json()["type"]["properties"]
 
 
 def start_run(ds, key, num_shards):
@@ -100,9 +110,19 @@ def test_killed_shard_is_retried_alone(ds, ref, point):
         status = gmv.shard_status(ds, key)
         assert status["done"] == [0] and status["pending"] == [1] and not status["running"]
         assert gmv.list_runs(ds).count(key) == 1 and not ds.has_field(key + "_value")
-        # retried alone (its lock was left by a dead process; its partial files are redone)
-        gmv.compute_shard(ds, key, pid, 1)
-    gmv.reduce_shards(ds, key, pid, progress=False)
+        # retried alone from the App (its lock was left by a dead process; its partial
+        # files are redone), then reduced there
+        props = form("compute_gmv_shard", ds, {"run_key": key})
+        assert props["plan_id"]["default"] == pid and props["shard"]["default"] == 1
+        assert "2 shards: done [0], running [], pending [1]" in props["plan_status"]["view"]["label"]
+        res = foo.execute_operator(URI + "compute_gmv_shard", ctx=dict(
+            dataset=ds.name, params={"run_key": key, "plan_id": pid, "shard": 1}))
+        assert res.error is None and res.result["rows"] == [4096, N_GEN], res.error
+        res = foo.execute_operator(URI + "reduce_gmv_shards", ctx=dict(
+            dataset=ds.name, params={"run_key": key, "plan_id": pid}))
+        assert res.error is None and res.result["report"]["counts"]["generated"] == N_GEN, res.error
+    else:
+        gmv.reduce_shards(ds, key, pid, progress=False)
     check_equal(ds, key, ref)
     gmv.delete_run(ds, key)
 
@@ -178,3 +198,36 @@ def _oid(s):
     from bson import ObjectId
 
     return ObjectId(s)
+
+
+def child_reduce(ds, key, plan_id, point):
+    code = ("import sys, fiftyone as fo, gmv_plugin as gmv; "
+            "gmv.reduce_shards(fo.load_dataset(sys.argv[1]), sys.argv[2], sys.argv[3])")
+    proc = subprocess.run([sys.executable, "-c", code, ds.name, key, plan_id],
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), GMV_CRASH_AT=point), cwd=str(ROOT),
+                          capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stderr
+
+
+def test_killed_reduce_leaves_the_run_before_or_after(ds, ref):
+    key = "kred"
+    plan = start_run(ds, key, 2)
+    for i in range(2):
+        gmv.compute_shard(ds, key, plan["plan_id"], i)
+    before = snapshot(ds, key)
+    # killed before its commit: the run as planned, the shards kept for the next reduce
+    rc, err = child_reduce(ds, key, plan["plan_id"], "stage.rerank")
+    assert rc == CRASH_EXIT_CODE, err
+    gmvstore.recover_if_free(ds, key)
+    assert snapshot(ds, key) == before
+    assert gmv.shard_status(ds, key)["done"] == [0, 1]
+    # killed inside its commit: completed by the next reader
+    rc, err = child_reduce(ds, key, plan["plan_id"], "commit.merged")
+    assert rc == CRASH_EXIT_CODE, err
+    gmvstore.recover_if_free(ds, key)
+    snap = snapshot(ds, key)
+    assert snap == ref, diff(snap, ref)
+    # the plan is still live: reducing again changes nothing and retires it
+    gmv.reduce_shards(ds, key, plan["plan_id"])
+    check_equal(ds, key, ref)
+    gmv.delete_run(ds, key)
