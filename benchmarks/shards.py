@@ -139,7 +139,7 @@ def sharded(ds, key, n, env):
     svc = DelegatedOperationService()
     workers = start_workers(n, env)
     try:
-        time.sleep(8)  # workers import FiftyOne and the plugin before the clock starts
+        time.sleep(5 + 4 * n)  # workers import FiftyOne and the plugin before the clock starts
         start = time.perf_counter()
         out = gmv.compute_values_sharded(ds.match_tags("train"), ds.match_tags("generated"), key=key,
                                          shards=n, progress=False, model=gmv.PixelEmbedder(mode="L"),
