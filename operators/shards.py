@@ -129,10 +129,13 @@ class ReduceGMVShards(foo.Operator):
             progress=c.progress(ctx, "GMValuator %r reduce" % key),
         )
         ctx.ops.reload_dataset()
-        return dict(key=key, **c.report_result(ctx.dataset, key))
+        return dict(key=key, **c.report_result(ctx.dataset, key))  # "summary": the report in markdown
 
     def resolve_output(self, ctx):
-        return c.report_output()
+        outputs = types.Object()
+        outputs.str("key", label="Run")
+        outputs.str("summary", label="Summary", view=types.MarkdownView())
+        return types.Property(outputs, view=types.View(label="GMValuator: shards reduced"))
 
 
 OPERATORS = [ComputeGMVShard, ReduceGMVShards]
