@@ -11,7 +11,7 @@ FAISS computation of the same values on the same images.
 
     .venv/bin/python -m benchmarks.shards [--train 20000] [--generated 16384]
 
-Writes benchmarks/results/shards.json.
+Adds its figures to the runs in benchmarks/results/shards.json.
 """
 
 import argparse
@@ -231,8 +231,16 @@ def main():
         "note": "workers are local processes on the same CPUs as everything else; each shard "
                 "holds whole blocks of %d generated samples" % gmv.shards.ALIGN,
     }
+    runs_so_far = []  # earlier runs of the same setting stay beside this one
+    if os.path.isfile(args.out):
+        with open(args.out) as f:
+            old = json.load(f)
+        if old.get("setting") == result["setting"]:
+            runs_so_far = old.get("runs", [])
+    out = {k: result[k] for k in ("setting", "machine", "date", "note")}
+    out["runs"] = runs_so_far + [result]
     with open(args.out, "w") as f:
-        json.dump(result, f, indent=1, default=str)
+        json.dump(out, f, indent=1, default=str)
     print(json.dumps({"single_s": single["wall_s"], "bare_s": bare_s,
                       "sharded": [(r["workers"], r["wall_s"], r["shard_s"], r["reduce_s"],
                                    r["identical_to_single"]) for r in runs]}, indent=1))
