@@ -95,6 +95,13 @@ def md(text):
     return _MD_SPECIAL.sub(r"\\\1", str(text))
 
 
+def code(text):
+    """``text`` as a Markdown code span (shown literally; no escaping)."""
+    text = str(text)
+    fence = "``" if "`" in text else "`"
+    return "%s%s%s" % (fence, text, fence)
+
+
 def first_sentence(text):
     """The first sentence of an error message (for a field's error line)."""
     text = str(text).strip()

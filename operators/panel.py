@@ -111,9 +111,9 @@ class GMValuatorPanel(foo.Panel):
                 s["num_train"], s["num_generated"], hist["nonzero_count"], hist["zero_count"],
                 ", %d have none" % hist["unvalued"] if hist["unvalued"] else ""),
             "",
-            "Encoder `%s`, index `%s`, re-ranker `%s`, quality `%s`, k = %s, temperature %s; "
+            "Encoder %s, index %s, re-ranker %s, quality %s, k = %s, temperature %s; "
             "created %s; total %s s." % (
-                c.md(s["encoder"]), c.md(s["index"]), c.md(s["rerank"]), c.md(s["quality"]),
+                c.code(s["encoder"]), c.code(s["index"]), c.code(s["rerank"]), c.code(s["quality"]),
                 s["k"], _fmt(s["temperature_used"]) if s["temperature"] == "auto" and
                 s["temperature_used"] else s["temperature"], s["created"],
                 _fmt(s["total_seconds"], 3)),
@@ -260,7 +260,7 @@ class GMValuatorPanel(foo.Panel):
         view.tag_samples(tag)
         ctx.ops.reload_dataset()
         self._show(ctx, ctx.dataset.match_tags(tag).sort_by(value),
-                   "Grid: the %d lowest-valued training samples, tagged `%s` for review"
+                   "Grid: the %d lowest-valued training samples, tagged %s for review"
                    % (n, tag))
 
     # ---------------------------------------------------------- layout
@@ -286,8 +286,6 @@ class GMValuatorPanel(foo.Panel):
         head.btn("refresh", label="Refresh", icon="refresh", on_click=self.refresh)
 
         panel.md(state.summary_md or "", name="summary")
-        panel.list("timings", types.Object(), label="Stage timings (s)",
-                   view=_table((("stage", "Stage"), ("seconds", "Seconds"))))
 
         panel.plot(
             "hist",
@@ -308,11 +306,10 @@ class GMValuatorPanel(foo.Panel):
             height=280,
         )
         grid = panel.h_stack("grid_btns", gap=1)
-        grid.btn("zero", label="Show the %d zero-value samples" % (state.zero_count or 0),
+        grid.btn("zero", label="Value 0 (%d)" % (state.zero_count or 0),
                  icon="filter_alt", on_click=self.show_zero, disabled=not state.zero_count)
-        grid.btn("most", label="Most valuable first", icon="arrow_downward", on_click=self.show_top)
-        grid.btn("least", label="Least valuable first", icon="arrow_upward",
-                 on_click=self.show_least)
+        grid.btn("most", label="Most valuable", icon="arrow_downward", on_click=self.show_top)
+        grid.btn("least", label="Least valuable", icon="arrow_upward", on_click=self.show_least)
         grid.btn("reset", label="Reset view", icon="restart_alt", on_click=self.reset_view)
         if state.grid_note:
             panel.md(state.grid_note, name="grid_note")
@@ -336,6 +333,8 @@ class GMValuatorPanel(foo.Panel):
                   on_click=PLUGIN + "/evaluate_valuation", prompt=True)
         steps.btn("review", label="Tag lowest 10% for review", icon="label",
                   on_click=self.tag_for_review)
+        panel.list("timings", types.Object(), label="Stage timings (s)",
+                   view=_table((("stage", "Stage"), ("seconds", "Seconds"))))
         return types.Property(panel)
 
     def _render_selection(self, panel, state):

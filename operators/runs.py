@@ -56,9 +56,9 @@ class ListRuns(foo.Operator):
             runs.append(_row(s))
             timings.append(dict({"key": key}, **{k: round(v, 2) for k, v in s["timings"].items()}))
         n = len(runs)
-        summary = ("%d GMValuator run(s) on `%s`, most recent first" % (n, c.md(ctx.dataset.name))
-                   if n else "No GMValuator run on `%s` yet: run **GMValuator: compute values**"
-                   % c.md(ctx.dataset.name))
+        summary = ("%d GMValuator run(s) on %s, most recent first" % (n, c.code(ctx.dataset.name))
+                   if n else "No GMValuator run on %s yet: run **GMValuator: compute values**"
+                   % c.code(ctx.dataset.name))
         return {"runs": runs, "timings": timings, "summary": summary}
 
     def resolve_output(self, ctx):
@@ -156,9 +156,9 @@ class RenameRun(foo.Operator):
         fields = c.gmvruns.field_names(new_key)
         fields = [f for f in fields["train"] + fields["generated"] if ctx.dataset.has_field(f)]
         return {"key": new_key, "old_key": key,
-                "summary": "Renamed run `%s` to `%s`; its fields are now %s. A view showing "
+                "summary": "Renamed run %s to %s; its fields are now %s. A view showing "
                 "the old fields is stale: reset the view." % (
-                    c.md(key), c.md(new_key), ", ".join("`%s`" % c.md(f) for f in fields))}
+                    c.code(key), c.code(new_key), ", ".join(c.code(f) for f in fields))}
 
     def resolve_output(self, ctx):
         if c.failed(ctx):
@@ -210,9 +210,9 @@ class DeleteRun(foo.Operator):
         c.gmvruns.delete_run(ctx.dataset, key)
         ctx.ops.reload_dataset()
         return {"deleted": key, "fields": fields, "run_dir": run_dir,
-                "summary": "Deleted run `%s`, its fields %s and its files in `%s`" % (
-                    c.md(key), ", ".join("`%s`" % c.md(f) for f in fields) or "(none)",
-                    c.md(run_dir))}
+                "summary": "Deleted run %s, its fields %s and its files in %s" % (
+                    c.code(key), ", ".join(c.code(f) for f in fields) or "(none)",
+                    c.code(run_dir))}
 
     def resolve_output(self, ctx):
         if c.failed(ctx):
