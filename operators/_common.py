@@ -8,7 +8,6 @@ with few or no ``params``.
 
 
 import functools
-import os
 import re
 
 import fiftyone.core.fields as fof
@@ -23,13 +22,11 @@ from gmv_plugin import index as gmvi
 from gmv_plugin import navigation as gmvnav
 from gmv_plugin import report as gmvreport
 from gmv_plugin import runs as gmvruns
+from gmv_plugin import locks as gmvlocks
 from gmv_plugin import panel_data as gmvpanel
 from gmv_plugin import weights as gmvw
 
-if os.path.isfile(os.path.join(os.path.dirname(gmv.__file__), "validation.py")):
-    from gmv_plugin import validation as gmvval
-else:  # until the library's module lands (not another checkout's copy)
-    from . import _validation_standin as gmvval
+from gmv_plugin import validation as gmvval
 
 SOURCES = {
     "tag": "Tag",
@@ -641,21 +638,7 @@ def add_background_note(inputs):
 
 #: errors a user can cause (bad input, missing weights, a run in use): shown
 #: as one sentence in the output, not as a traceback
-EXPECTED_ERRORS = (ValueError, gmvw.MissingWeightsError)
-
-
-def _expected_errors():
-    errors = list(EXPECTED_ERRORS)
-    try:
-        from gmv_plugin import locks
-
-        errors.extend(
-            getattr(locks, n) for n in dir(locks)
-            if isinstance(getattr(locks, n), type) and issubclass(getattr(locks, n), Exception)
-        )
-    except ImportError:
-        pass
-    return tuple(errors)
+EXPECTED_ERRORS = (ValueError, gmvw.MissingWeightsError, gmvlocks.RunLockedError)
 
 
 def friendly_errors(execute):
@@ -668,7 +651,7 @@ def friendly_errors(execute):
     def wrapper(self, ctx):
         try:
             return execute(self, ctx)
-        except _expected_errors() as e:
+        except EXPECTED_ERRORS as e:
             if ctx.delegated:
                 raise
             return {"error_sentence": str(e)}

@@ -528,3 +528,17 @@ def test_run_choices_default_to_the_latest_run(digits):
                  "assign_values", "evaluate_valuation"):
         assert form(name, digits)["run_key"]["default"] == "second", name
     assert form("compute_values", digits)["key"]["default"] == "gmv"  # not in use here
+
+
+def test_run_locked_by_another_writer_is_one_sentence(valued):
+    from gmv_plugin import locks
+
+    other = locks.RunLock(valued, "gmv", "a test standing in for another process")
+    other.acquire()  # held, but not by this process's run_lock
+    try:
+        res = run("assign_values", valued, {"run_key": "gmv", "temperature": 0.5})
+        msg = res.result["error_sentence"]
+        assert "being changed by another process" in msg and "Traceback" not in msg
+    finally:
+        other.release()
+    assert gmvruns.get_run_config(valued, "gmv").temperature != 0.5
