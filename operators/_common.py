@@ -693,6 +693,18 @@ def progress(ctx, label):
     return fou.report_progress(report, dt=0.5)
 
 
+def show_run_fields(ctx, key):
+    """After an immediate run: reloads the App's dataset (new fields appear
+    in the sidebar) and shows ``{key}_value`` on the grid's tiles, next to
+    the fields already shown. Delegated runs cannot reach the App."""
+    if ctx.delegated:
+        return
+    ctx.ops.reload_dataset()
+    active = list(ctx.active_fields or [])
+    if active:
+        ctx.ops.set_active_fields(list(dict.fromkeys(active + ["%s_value" % key])))
+
+
 def report_result(dataset, key, n=10):
     """A build_report dict plus its markdown, for operator output."""
     rep = gmvreport.build_report(dataset, key, n=n)

@@ -98,10 +98,31 @@ class GMValuatorPanel(foo.Panel):
         ctx.panel.data.hist = [self._trace(hist, key)]
         ctx.panel.data.top = self._sample_rows(ext["top"])
         ctx.panel.data.least = self._sample_rows(ext["least"])
+        scheduled = self._scheduled(ctx)
+        state.num_scheduled = len(scheduled)
+        ctx.panel.data.scheduled = scheduled
         ctx.panel.data.timings = [
             {"stage": k, "seconds": round(v, 3)} for k, v in s["timings"].items()
         ]
         self._selection(ctx, key)
+
+    @staticmethod
+    def _scheduled(ctx):
+        """This dataset's scheduled (delegated) GMValuator runs, newest first."""
+        from fiftyone.operators.delegated import DelegatedOperationService
+
+        try:
+            ops = DelegatedOperationService().list_operations(dataset_name=ctx.dataset.name)
+        except Exception:  # no delegated-operation store: nothing to show
+            return []
+        ops = [o for o in ops if str(o.operator).startswith(PLUGIN + "/")]
+        ops.sort(key=lambda o: str(o.queued_at or ""), reverse=True)
+        return [
+            {"id": str(o.id), "operation": o.label or str(o.operator).rsplit("/", 1)[-1],
+             "state": str(o.run_state),
+             "queued": o.queued_at.isoformat(sep=" ", timespec="seconds") if o.queued_at else ""}
+            for o in ops[:5]
+        ]
 
     @staticmethod
     def _summary_md(s, hist):
@@ -335,6 +356,12 @@ class GMValuatorPanel(foo.Panel):
                   on_click=self.tag_for_review)
         panel.list("timings", types.Object(), label="Stage timings (s)",
                    view=_table((("stage", "Stage"), ("seconds", "Seconds"))))
+        if state.num_scheduled:
+            panel.list("scheduled", types.Object(),
+                       label="Scheduled runs (executed by `fiftyone delegated launch`; "
+                       "press Refresh, then reload the page, when one has completed)",
+                       view=_table((("queued", "Queued"), ("operation", "Operation"),
+                                    ("state", "State"), ("id", "Id"))))
         return types.Property(panel)
 
     def _render_selection(self, panel, state):

@@ -37,7 +37,7 @@ class ComputeValues(foo.Operator):
         c.gmv.compute_values(
             train, generated, progress=c.progress(ctx, "GMValuator %r" % key), **kwargs
         )
-        ctx.ops.reload_dataset()
+        c.show_run_fields(ctx, key)
         return dict(key=key, **c.report_result(ctx.dataset, key))
 
     def resolve_output(self, ctx):
@@ -84,7 +84,7 @@ class UpdateValues(foo.Operator):
         results = c.gmv.update_values(
             ctx.dataset, key, generated, progress=c.progress(ctx, "GMValuator %r" % key)
         )
-        ctx.ops.reload_dataset()
+        c.show_run_fields(ctx, key)
         return dict(key=key, num_added=results.num_generated - before,
                     **c.report_result(ctx.dataset, key))
 

@@ -6,6 +6,8 @@ them with their config and stage timings and call the library to rename or
 delete them with their fields and files.
 """
 
+import json
+
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
@@ -151,14 +153,17 @@ class RenameRun(foo.Operator):
     def execute(self, ctx):
         key, new_key = c.run_key(ctx), c.param(ctx, "new_key")
         c.gmvval.check_key(ctx.dataset, new_key)
+        stale = ("%s_" % key) in json.dumps(ctx.view._serialize())
         c.gmvruns.rename_run(ctx.dataset, key, new_key)
         ctx.ops.reload_dataset()
+        if stale:  # the shown view filtered or sorted by the old fields: it would be empty
+            ctx.ops.clear_view()
         fields = c.gmvruns.field_names(new_key)
         fields = [f for f in fields["train"] + fields["generated"] if ctx.dataset.has_field(f)]
         return {"key": new_key, "old_key": key,
-                "summary": "Renamed run %s to %s; its fields are now %s. A view showing "
-                "the old fields is stale: reset the view." % (
-                    c.code(key), c.code(new_key), ", ".join(c.code(f) for f in fields))}
+                "summary": "Renamed run %s to %s; its fields are now %s.%s" % (
+                    c.code(key), c.code(new_key), ", ".join(c.code(f) for f in fields),
+                    " The view, which used the old fields, was reset." if stale else "")}
 
     def resolve_output(self, ctx):
         if c.failed(ctx):

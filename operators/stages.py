@@ -219,7 +219,7 @@ class AssignValues(_StageOperator):
         c.add_temperature(inputs, ctx, defaults, c.live_errors(ctx, n_train, defaults))
 
     def result(self, ctx, key, results):
-        ctx.ops.reload_dataset()
+        c.show_run_fields(ctx, key)
         return dict(key=key, **c.report_result(ctx.dataset, key))
 
     def resolve_output(self, ctx):

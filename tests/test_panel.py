@@ -107,3 +107,14 @@ def test_zero_values_and_review_tag(valued):
     call(valued, "tag_for_review", state)
     valued.reload()
     assert valued.match_tags("gmv_review").count() == 15  # 10% of 150
+
+
+def test_scheduled_runs_are_listed_with_their_id(valued):
+    res = foo.execute_operator("@gmvaluator/gmv/assign_values", ctx=dict(
+        dataset=valued.name, params={"run_key": "gmv"}), request_delegation=True)
+    assert res.delegated
+    op_id = str(res.result["id"]) if "id" in res.result else str(res.result["_id"])
+    state, data, _ = call(valued, "on_load")
+    assert state["num_scheduled"] >= 1
+    row = [r for r in data["scheduled"] if r["id"] == op_id]
+    assert row and row[0]["state"] == "queued"
