@@ -130,19 +130,20 @@ class EvaluateValuation(foo.Operator):
         labels = ev.label_fields(ds)
         groups = sorted(set(ds.distinct("tags")) | set(ev.boolean_fields(ds)))
 
-        def dropdown(name, label, choices, required=True, description=None):
+        def dropdown(name, label, choices, required=True, description=None, default=None):
             view = types.DropdownView()
             for c in choices:
                 view.add_choice(c, label=c)
             inputs.enum(name, view.values(), required=required, label=label,
-                        description=description, view=view)
+                        description=description, view=view, default=default)
 
         if criterion in ("C1", "C2"):
             inputs.str("ks", default=_DEFAULT_KS[criterion], required=True,
                        label="k values", description="comma-separated, e.g. 30,50,100")
         if criterion == "C1":
             dropdown("label_field", "Label field", labels,
-                     description="label of the generated samples")
+                     description="label of the generated samples",
+                     default="ground_truth" if "ground_truth" in labels else None)
             dropdown("train_label_field", "Training label field", labels, required=False,
                      description="only if the training samples use another field")
         elif criterion == "C2":

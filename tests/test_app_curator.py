@@ -264,3 +264,12 @@ def test_panel_lists_contributors_of_the_selected_sample(app_url, page, fresh):
     np.testing.assert_allclose([float(c[2]) for c in cells], gen[KEY + "_scores"], rtol=1e-5)
     np.testing.assert_allclose([float(c[3]) for c in cells], gen[KEY + "_distances"], rtol=1e-5)
     screenshot(page, "curator-12-panel-contributors")
+    content.get_by_role("button", name="Tag lowest 10% for review", exact=True).scroll_into_view_if_needed()
+    screenshot(page, "curator-13-panel-next-steps")
+
+    # a next-step button opens the operator's form
+    content.get_by_role("button", name="Evaluate", exact=True).click()
+    modal = page.locator(MODAL)
+    modal.get_by_text("Evaluate a valuation run").first.wait_for(timeout=30_000)
+    screenshot(page, "curator-14-panel-evaluate-form")
+    modal.get_by_role("button", name="Cancel").click()
