@@ -542,3 +542,15 @@ def test_run_locked_by_another_writer_is_one_sentence(valued):
     finally:
         other.release()
     assert gmvruns.get_run_config(valued, "gmv").temperature != 0.5
+
+
+def test_markdown_of_paths_and_identifiers():
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    c = importlib.import_module("operators._common")
+    assert c.md("~/fiftyone/__models__/vgg16.pth") == "\\~/fiftyone/\\_\\_models\\_\\_/vgg16.pth"
+    assert c.code("gmv_value") == "`gmv_value`" and c.code("a`b") == "``a`b``"
+    assert c.first_sentence("Weights for x are missing. Expected at: /p. Run y") == \
+        "Weights for x are missing."
