@@ -225,6 +225,49 @@ def test_panel_histogram_selection_filters_the_grid(app_url, page, fresh):
     assert shown and set(shown[-1]) == expected
     screenshot(page, "curator-11-panel-bar-selected")
 
+    # drag across the middle of the plot: a range of bars
+    events = []
+    page.on("request", lambda r: _record_selection(r, events))
+    drag = panel.locator(".js-plotly-plot .nsewdrag").first
+    box = drag.bounding_box()
+    y = box["y"] + box["height"] * 0.5
+    page.mouse.move(box["x"] + box["width"] * 0.3, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, y, steps=8)
+    page.mouse.move(box["x"] + box["width"] * 0.7, y, steps=8)
+    page.mouse.up()
+    for _ in range(120):
+        if events:
+            break
+        page.wait_for_timeout(250)
+    assert events, "no selection event reached the panel"
+    bins = sorted(events[-1])
+    assert bins == list(range(bins[0], bins[-1] + 1)) and len(bins) > 1  # a contiguous range
+    in_range = gmvpanel.bins_view(fresh, KEY, hist["edges"], bins)
+    n = in_range.count()
+    assert n == sum(counts[b] for b in bins)
+    _wait_grid_count(page, n)
+    panel.get_by_text("Grid: the %d training samples" % n).wait_for()
+    lo, hi = hist["edges"][bins[0]], hist["edges"][bins[-1] + 1]
+    values = in_range.values(KEY + "_value")
+    assert all(lo <= v <= hi for v in values)
+    wait_for_grid(page, 6)
+    screenshot(page, "curator-11b-panel-range-selected")
+
+
+def _record_selection(req, events):
+    """Bar indices of each non-empty selection the panel receives."""
+    if "/operators/execute" not in req.url:
+        return
+    try:
+        params = req.post_data_json["params"]
+    except Exception:
+        return
+    if params.get("__method__") == "on_hist_select":
+        idx = [d.get("idx") for d in (params.get("event_args") or params).get("data") or []]
+        if idx and None not in idx:
+            events.append(idx)
+
 
 def _record_grid(resp, shown):
     req = resp.request
