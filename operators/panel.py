@@ -72,6 +72,9 @@ class GMValuatorPanel(foo.Panel):
         self._load(ctx, ctx.params.get("value"))
 
     def refresh(self, ctx):
+        """Reloads the run list and the dataset (fields of runs finished in the
+        background appear in the sidebar)."""
+        ctx.ops.reload_dataset()
         self._load(ctx, ctx.panel.state.run_key)
 
     # ---------------------------------------------------------- data
@@ -85,6 +88,9 @@ class GMValuatorPanel(foo.Panel):
         state.run_keys = keys
         state.run_key = key
         state.grid_note = None
+        scheduled = self._scheduled(ctx)
+        state.num_scheduled = len(scheduled)
+        ctx.panel.data.scheduled = scheduled
         if key is None:
             return
         s = c.gmvpanel.run_summary(ctx.dataset, key)
@@ -98,9 +104,6 @@ class GMValuatorPanel(foo.Panel):
         ctx.panel.data.hist = [self._trace(hist, key)]
         ctx.panel.data.top = self._sample_rows(ext["top"])
         ctx.panel.data.least = self._sample_rows(ext["least"])
-        scheduled = self._scheduled(ctx)
-        state.num_scheduled = len(scheduled)
-        ctx.panel.data.scheduled = scheduled
         ctx.panel.data.timings = [
             {"stage": k, "seconds": round(v, 3)} for k, v in s["timings"].items()
         ]
@@ -291,11 +294,12 @@ class GMValuatorPanel(foo.Panel):
         state = ctx.panel.state
         key = state.run_key
         if key is None:
-            panel.md("### GMValuator\n\nNo valuation run on this dataset yet.", name="intro")
+            panel.md("**GMValuator**: no valuation run on this dataset yet.", name="intro")
             steps = panel.h_stack("steps", gap=1)
             steps.btn("compute", label="Compute values", icon="play_arrow", variant="contained",
                       on_click=PLUGIN + "/compute_values", prompt=True)
             steps.btn("refresh", label="Refresh", icon="refresh", on_click=self.refresh)
+            self._render_scheduled(panel, state)
             return types.Property(panel)
 
         choices = types.DropdownView()
@@ -327,8 +331,9 @@ class GMValuatorPanel(foo.Panel):
             height=280,
         )
         grid = panel.h_stack("grid_btns", gap=1)
-        grid.btn("zero", label="Value 0 (%d)" % (state.zero_count or 0),
-                 icon="filter_alt", on_click=self.show_zero, disabled=not state.zero_count)
+        if state.zero_count:
+            grid.btn("zero", label="Value 0 (%d)" % state.zero_count, icon="filter_alt",
+                     on_click=self.show_zero)
         grid.btn("most", label="Most valuable", icon="arrow_downward", on_click=self.show_top)
         grid.btn("least", label="Least valuable", icon="arrow_upward", on_click=self.show_least)
         grid.btn("reset", label="Reset view", icon="restart_alt", on_click=self.reset_view)
@@ -356,13 +361,17 @@ class GMValuatorPanel(foo.Panel):
                   on_click=self.tag_for_review)
         panel.list("timings", types.Object(), label="Stage timings (s)",
                    view=_table((("stage", "Stage"), ("seconds", "Seconds"))))
+        self._render_scheduled(panel, state)
+        return types.Property(panel)
+
+    @staticmethod
+    def _render_scheduled(panel, state):
         if state.num_scheduled:
             panel.list("scheduled", types.Object(),
                        label="Scheduled runs (executed by `fiftyone delegated launch`; "
-                       "press Refresh, then reload the page, when one has completed)",
-                       view=_table((("queued", "Queued"), ("operation", "Operation"),
-                                    ("state", "State"), ("id", "Id"))))
-        return types.Property(panel)
+                       "press Refresh when one has completed)",
+                       view=_table((("state", "State"), ("id", "Id"), ("operation", "Operation"),
+                                    ("queued", "Queued"))))
 
     def _render_selection(self, panel, state):
         gen, train = state.sel_generated or [], state.sel_training or []
