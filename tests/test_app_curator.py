@@ -156,6 +156,32 @@ def test_live_validation_disables_execute(app_url, page, fresh):
     _wait_disabled(execute, False)
 
 
+def test_an_error_while_running_is_one_sentence(app_url, page, fresh):
+    import shutil
+
+    _open(page, app_url, fresh)
+    modal = _open_form(page, "GMValuator: compute values")
+    execute = _execute_button(modal)
+    execute.wait_for()
+    _type(modal, "Contributors per generated image (k)", 7)
+    _wait_disabled(execute, False)
+    # an image vanishes after the form was checked: only execute can find out
+    victim = fresh.match_tags("train").last().filepath
+    shutil.move(victim, victim + ".away")
+    try:
+        with page.expect_response(lambda r: "/operators/execute" in r.url) as info:
+            execute.click()
+        result = info.value.json()["result"]
+        assert "missing" in result["error_sentence"]
+        modal.get_by_text("Nothing was changed: ").wait_for(timeout=30_000)
+        assert "Traceback" not in modal.inner_text()
+        screenshot(page, "curator-06b-error-sentence")
+    finally:
+        shutil.move(victim + ".away", victim)
+    fresh.reload()
+    assert fresh.list_runs() == [KEY]  # nothing was written
+
+
 def test_delete_asks_for_confirmation(app_url, page, fresh):
     import gmv_plugin as gmv
 
