@@ -16,7 +16,7 @@ try:
 except ImportError:  # loaded as a plugin from a checkout that isn't installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-MODULES = ("pipeline", "stages", "navigation", "runs", "evaluation", "panel")
+MODULES = ("pipeline", "stages", "navigation", "runs", "evaluation", "weights", "panel")
 
 #: the order users meet them: run the pipeline, browse, evaluate, manage runs
 ORDER = (
@@ -26,6 +26,7 @@ ORDER = (
     "show_contributors", "show_contributions", "sort_by_value", "gmv_report",
     "evaluate_valuation",
     "list_gmv_runs", "get_gmv_run_info", "rename_gmv_run", "delete_gmv_run",
+    "download_gmv_weights",
     "gmv_panel",
 )
 
