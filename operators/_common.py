@@ -102,8 +102,10 @@ def code(text):
 def first_sentence(text):
     """The first sentence of an error message (for a field's error line)."""
     text = str(text).strip()
-    m = re.search(r"\.\s", text)
-    return text[: m.start() + 1] if m else text
+    for m in re.finditer(r"\.\s", text):
+        if not text[: m.start()].endswith(("e.g", "i.e", "etc", "vs")):
+            return text[: m.start() + 1]
+    return text
 
 
 def _dropdown(inputs, ctx, name, choices, label, default=None, empty=None, error=None, **warning):
@@ -664,7 +666,7 @@ EXPECTED_ERRORS = (ValueError, gmvw.MissingWeightsError, gmvlocks.RunLockedError
 def friendly_errors(execute):
     """Wraps an operator's ``execute``: an expected error of an immediate run
     becomes the result ``{"error_sentence": message}``, which
-    :func:`add_error_output` shows as one sentence. Delegated runs still fail
+    :func:`error_output` shows as one sentence. Delegated runs still fail
     (their state must say so)."""
 
     @functools.wraps(execute)
@@ -684,13 +686,13 @@ def failed(ctx):
     return bool((ctx.results or {}).get("error_sentence"))
 
 
-def error_output(ctx, title):
+def error_output(ctx):
     """The output of a run that failed with an expected error."""
     outputs = types.Object()
     outputs.view("error_sentence", types.Error(
         label="Nothing was changed: " + first_sentence(ctx.results["error_sentence"]),
         description=md(ctx.results["error_sentence"])))
-    return types.Property(outputs, view=types.View(label=title))
+    return types.Property(outputs, view=types.View(label="GMValuator: did not complete"))
 
 
 def progress(ctx, label):
@@ -764,7 +766,7 @@ def report_output(ctx, outputs=None, title="GMValuator run report"):
     """The output of an operator returning :func:`report_result`: its
     fields, after those already in ``outputs`` (or the error sentence)."""
     if failed(ctx):
-        return error_output(ctx, title)
+        return error_output(ctx)
     if outputs is None:
         outputs = types.Object()
     outputs.str("summary", label="Summary", view=types.MarkdownView())

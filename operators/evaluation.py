@@ -176,7 +176,7 @@ class EvaluateValuation(foo.Operator):
 
     def resolve_output(self, ctx):
         if common.failed(ctx):
-            return common.error_output(ctx, "Valuation evaluation")
+            return common.error_output(ctx)
         outputs = types.Object()
         outputs.str("summary", label="Summary", view=types.MarkdownView())
         outputs.obj("result", label="Result", view=types.JSONView())

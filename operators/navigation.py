@@ -84,7 +84,7 @@ class _SelectionOperator(foo.Operator):
     def resolve_output(self, ctx):
         title = self.rows.capitalize()
         if c.failed(ctx):
-            return c.error_output(ctx, title)
+            return c.error_output(ctx)
         outputs = types.Object()
         outputs.str("summary", label="Summary", view=types.MarkdownView())
         outputs.list(self.rows, types.Object(), label=title, view=c.table_view(self.columns))

@@ -118,7 +118,7 @@ class GetRunInfo(foo.Operator):
 
     def resolve_output(self, ctx):
         if c.failed(ctx):
-            return c.error_output(ctx, "GMValuator run info")
+            return c.error_output(ctx)
         outputs = types.Object()
         outputs.list("settings", types.Object(), label="Run",
                      view=c.table_view((("name", "Setting"), ("value", "Value"))))
@@ -167,7 +167,7 @@ class RenameRun(foo.Operator):
 
     def resolve_output(self, ctx):
         if c.failed(ctx):
-            return c.error_output(ctx, "GMValuator: rename run")
+            return c.error_output(ctx)
         outputs = types.Object()
         outputs.str("summary", label="Done", view=types.MarkdownView())
         return types.Property(outputs, view=types.View(label="GMValuator: run renamed"))
@@ -221,7 +221,7 @@ class DeleteRun(foo.Operator):
 
     def resolve_output(self, ctx):
         if c.failed(ctx):
-            return c.error_output(ctx, "GMValuator: delete run")
+            return c.error_output(ctx)
         outputs = types.Object()
         outputs.str("summary", label="Done", view=types.MarkdownView())
         return types.Property(outputs, view=types.View(label="GMValuator: run deleted"))

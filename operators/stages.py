@@ -94,7 +94,7 @@ class _StageOperator(foo.Operator):
 
     def resolve_output(self, ctx):
         if c.failed(ctx):
-            return c.error_output(ctx, self.label)
+            return c.error_output(ctx)
         outputs = types.Object()
         outputs.str("summary", label="Summary", view=types.MarkdownView())
         outputs.obj("timings", label="Stage timings (s)", view=types.JSONView())
