@@ -689,9 +689,11 @@ def failed(ctx):
 def error_output(ctx):
     """The output of a run that failed with an expected error."""
     outputs = types.Object()
+    err = ctx.results["error_sentence"]
+    first = first_sentence(err)
     outputs.view("error_sentence", types.Error(
-        label="Nothing was changed: " + first_sentence(ctx.results["error_sentence"]),
-        description=md(ctx.results["error_sentence"])))
+        label="Nothing was changed: " + first,
+        description=md(err) if err.strip() != first else None))
     return types.Property(outputs, view=types.View(label="GMValuator: did not complete"))
 
 
