@@ -120,7 +120,12 @@ def _metric(index):
 
 def _searcher(index):
     method = index.config.method
-    cls = {"sklearn": _SklearnSearcher, "lancedb": _LanceDBSearcher, "pgvector": _PgVectorSearcher}
+    cls = {
+        "sklearn": _SklearnSearcher,
+        "lancedb": _LanceDBSearcher,
+        "pgvector": _PgVectorSearcher,
+        "milvus": _MilvusSearcher,
+    }
     return cls.get(method, _GenericSearcher)(index)
 
 
@@ -489,9 +494,63 @@ class _PgVectorSearcher(_Searcher):
             pass
 
 
+class _MilvusSearcher(_Searcher):
+    """One ``Collection.search`` per batch (Milvus takes many vectors per
+    request; the Brain's own query sends one)."""
+
+    batch_size = 1024
+    _METRICS = {"cosine": "COSINE", "euclidean": "L2", "dotproduct": "IP"}
+
+    def __init__(self, index):
+        super().__init__(index)
+        self.collection = index._collection
+        if self.collection is None:
+            raise BrainIndexError(
+                "Milvus collection %r of Brain index %r does not exist (dropped?)"
+                % (index.config.collection_name, index.key)
+            )
+
+    def ids(self):
+        it = self.collection.query_iterator(batch_size=16384, output_fields=["pk"])
+        out = []
+        try:
+            while True:
+                rows = it.next()
+                if not rows:
+                    break
+                out.extend(r["pk"] for r in rows)
+        finally:
+            it.close()
+        return np.array(out, dtype=str)
+
+    def dim(self, recall):
+        for field in self.collection.schema.fields:
+            if field.name == "vector":
+                return int(field.params["dim"])
+        raise BrainIndexError("Milvus collection has no 'vector' field")
+
+    def search(self, q, k, recall):
+        # HNSW's ef bounds the results; the Brain's stored search params are
+        # not in the form Milvus reads, so set them here.
+        param = {"metric_type": self._METRICS[self.metric], "params": {"ef": max(64, int(k))}}
+        res = self.collection.search(data=[v.tolist() for v in q], anns_field="vector", limit=int(k), param=param)
+        out_ids = np.full((len(q), k), "", dtype=object)
+        out_d = np.full((len(q), k), np.inf)
+        for j, hits in enumerate(res):
+            ids = [h.id for h in hits][:k]
+            d = np.array([h.distance for h in hits][:k], dtype=np.float64)
+            if self.metric == "cosine":
+                d = 1.0 - d  # Milvus reports the cosine similarity
+            elif self.metric == "dotproduct":
+                d = -d
+            out_ids[j, : len(ids)] = ids
+            out_d[j, : len(ids)] = d  # L2 is reported squared
+        return out_ids, out_d
+
+
 class _GenericSearcher(_Searcher):
-    """Any other backend (Milvus, Qdrant, Pinecone, Redis, MongoDB,
-    Elasticsearch, ...): the backend's own multi-query ``_kneighbors``, with
+    """Any other backend (Qdrant, Pinecone, Redis, MongoDB, Elasticsearch,
+    ...): the backend's own multi-query ``_kneighbors``, with
     distances recomputed from the recalled vectors (backends report scores on
     different scales)."""
 
