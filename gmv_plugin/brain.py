@@ -471,11 +471,13 @@ class _PgVectorSearcher(_Searcher):
                 ef = max(int(cfg.hnsw_ef_search or 40), int(k))
                 cur.execute("SET hnsw.ef_search = %d" % ef)
             texts = ["[" + ",".join(map(repr, map(float, v))) + "]" for v in q]
+            # The array is cast once: a per-row cast in ORDER BY would parse
+            # the query text for every row and defeat the index scan.
             cur.execute(
                 self._sql(
-                    "SELECT q.i, n.id, n.d FROM unnest(%s::text[]) WITH ORDINALITY AS q(v, i) "
-                    "CROSS JOIN LATERAL (SELECT id, embedding_vector " + op + " q.v::" + cast + " AS d "
-                    "FROM {table} ORDER BY embedding_vector " + op + " q.v::" + cast + " LIMIT %s) n"
+                    "SELECT q.i, n.id, n.d FROM unnest(%s::" + cast + "[]) WITH ORDINALITY AS q(v, i) "
+                    "CROSS JOIN LATERAL (SELECT id, embedding_vector " + op + " q.v AS d "
+                    "FROM {table} ORDER BY embedding_vector " + op + " q.v LIMIT %s) n"
                 ),
                 (texts, int(k)),
             )
