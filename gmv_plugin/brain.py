@@ -24,7 +24,8 @@ from gmv_plugin import embeddings as gmve
 
 logger = logging.getLogger(__name__)
 
-BRAIN_PARAMS = ("brain_key", "batch_size")
+# ``backend`` is recorded by the run and checked on every later use.
+BRAIN_PARAMS = ("brain_key", "backend", "batch_size")
 METRICS = ("cosine", "euclidean", "dotproduct")
 # A superset index is searched for k + (extra samples) neighbours and the
 # extras dropped, which is exact; beyond this many extras that costs too much.
@@ -37,6 +38,8 @@ class BrainIndexError(ValueError):
 
 def check_params(params):
     """Validates ``index_params`` of ``index="brain"``; returns a copy."""
+    if params is not None and not isinstance(params, dict):
+        raise ValueError("index_params must be a dict; got %r" % (params,))
     params = dict(params or {})
     unknown = set(params) - set(BRAIN_PARAMS)
     if unknown:
@@ -139,14 +142,17 @@ class BrainRecall(object):
         train_ids: the run's training sample ids, in the run's order; the
             returned ``idx`` indexes into it
         batch_size (None): queries per request (backend default if None)
+        required (None): a boolean mask of the ``train_ids`` the index must
+            hold (default: all; samples deleted since the run began need not)
 
     Raises:
         BrainIndexError: if the index is missing, uses an unsupported metric,
             or does not cover every training sample
     """
 
-    def __init__(self, dataset, brain_key, train_ids, batch_size=None):
+    def __init__(self, dataset, brain_key, train_ids, batch_size=None, required=None):
         self.brain_key = brain_key
+        self._required = required
         self.index = load_index(dataset, brain_key)
         self.metric = _metric(self.index)
         if self.metric not in METRICS:
@@ -187,7 +193,8 @@ class BrainRecall(object):
                 )
             return size - len(self.train_ids)
         ids = np.unique(np.asarray(ids).astype(str))
-        missing = np.setdiff1d(self._sorted, ids, assume_unique=False)
+        required = self.train_ids if self._required is None else self.train_ids[np.asarray(self._required)]
+        missing = np.setdiff1d(required, ids)
         if len(missing):
             raise BrainIndexError(
                 "Brain index %r does not cover %d of the run's %d training samples "
@@ -195,7 +202,7 @@ class BrainRecall(object):
                 "the training view) or build a new index"
                 % (self.brain_key, len(missing), len(self.train_ids), missing[:3].tolist())
             )
-        extra = len(ids) - len(self._sorted)
+        extra = int((self._rows(ids) < 0).sum())
         if extra > MAX_EXTRA and not self.searcher.filters:
             raise BrainIndexError(
                 "Brain index %r holds %d samples that are not training samples of "
@@ -626,3 +633,64 @@ def embed_queries(samples, brain_key, path, batch_size=64, progress=None, index=
         else:
             model = gmve.resolve_model(model)  # checks for weights, fetches nothing
     return gmve.embed_to_file(samples, path, model=model, batch_size=batch_size, progress=progress)
+
+
+def run_spec(dataset, index_params, model=None, embeddings_field=None, quality="none", default_model=None):
+    """Settings of a run with ``index="brain"``: the generated samples are
+    embedded as the Brain index embeds, so its model and embeddings field
+    replace the run's; the index's backend is recorded in ``index_params``
+    (and must still match when the run recorded one).
+
+    Args:
+        dataset: the dataset
+        index_params: the run's ``index_params`` (``brain_key``, ...)
+        model (None): the model the caller asked for; ``default_model``
+            (the pipeline's default) and None mean "the index's"
+        embeddings_field (None): the field the caller asked for, if any
+        quality ("none"): the run's quality model
+
+    Returns:
+        a dict of ``model``, ``embeddings_field`` and ``index_params``
+
+    Raises:
+        BrainIndexError: if the index is missing, cannot embed the generated
+            samples, or conflicts with the caller's settings
+    """
+    params = check_params(index_params)
+    key = params["brain_key"]
+    index = load_index(dataset, key)
+    info = describe(index)
+    if params.get("backend") not in (None, info["backend"]):
+        raise BrainIndexError(
+            "The run recorded Brain index %r with backend %r, but it now uses "
+            "backend %r; choose the key of the index the run used, or start a "
+            "new run" % (key, params["backend"], info["backend"])
+        )
+    params["backend"] = info["backend"]
+    if quality == "realism":
+        raise BrainIndexError(
+            "quality='realism' needs the training embeddings in the run; with "
+            "index='brain' they live in the Brain index. Use another quality model"
+        )
+    if isinstance(model, str) or model is None:
+        asked = None if model in (None, default_model) else model
+    else:
+        asked = model
+    if asked is not None and asked != info["model"]:
+        raise BrainIndexError(
+            "index='brain' embeds the generated samples with Brain index %r's own "
+            "model (%r); got model=%r. Leave model unset" % (key, info["model"], model)
+        )
+    if embeddings_field not in (None, info["embeddings_field"]):
+        raise BrainIndexError(
+            "index='brain' reads Brain index %r's embeddings field (%r); got "
+            "embeddings_field=%r. Leave it unset" % (key, info["embeddings_field"], embeddings_field)
+        )
+    if info["model"] is None and info["embeddings_field"] is None:
+        raise BrainIndexError(
+            "Brain index %r has neither a stored model nor an embeddings field, so "
+            "the generated samples cannot be embedded as its training samples were; "
+            "build it with compute_similarity(model=<zoo model>) or "
+            "embeddings=<field>" % key
+        )
+    return {"model": info["model"], "embeddings_field": info["embeddings_field"], "index_params": params}

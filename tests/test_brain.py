@@ -370,3 +370,86 @@ def test_generic_backend_path(digits, milvus_uri, monkeypatch):
         assert isinstance(recall.searcher, gmvb._GenericSearcher)
     finally:
         digits.delete_brain_run("milvus_g")
+
+
+# -- the pipeline: compute_values(index="brain") -------------------------------
+
+
+def _fields(ds, key):
+    _, gen = _views(ds)
+    train, _ = _views(ds)
+    return (
+        gen.values("%s_contributors" % key),
+        np.array(gen.values("%s_distances" % key), dtype=object),
+        np.array(train.values("%s_value" % key), dtype=float),
+    )
+
+
+@pytest.mark.parametrize("engine", ["sklearn", "lancedb", "pgvector"])
+def test_compute_values_brain_equals_flat(digits, engine, request):
+    import fiftyone.brain as fob
+
+    import gmv_plugin as gmv
+    from gmv_plugin import pipeline as gmvp
+    from gmv_plugin import runs as gmvruns
+
+    kwargs = {}
+    if engine == "lancedb":
+        request.getfixturevalue("lancedb_uri")
+    elif engine == "pgvector":
+        request.getfixturevalue("pgvector")
+        kwargs = {"index_type": "ivfflat", "metric": "euclidean"}  # exact at this size
+    train, gen = _views(digits)
+    fob.compute_similarity(train, embeddings="emb", brain_key="bk", backend=engine, progress=False, **kwargs)
+    try:
+        flat = gmvp.compute_values(train, gen, key="flatrun", model=None, embeddings_field="emb",
+                                   index="flat", k=K, progress=False)
+        res = gmvp.compute_values(train, gen, key="brainrun", index="brain",
+                                  index_params={"brain_key": "bk"}, k=K, progress=False)
+        assert res.index_type == "brain"
+        assert res.index_params["brain_key"] == "bk" and res.index_params["backend"] == engine
+        cfg = gmvruns.get_run_config(digits, "brainrun")
+        assert cfg.index == "brain" and cfg.index_params == {"brain_key": "bk", "backend": engine}
+        assert cfg.embeddings_field == "emb"
+        c_f, d_f, v_f = _fields(digits, "flatrun")
+        c_b, d_b, v_b = _fields(digits, "brainrun")
+        assert [set(a) for a in c_b] == [set(a) for a in c_f]
+        np.testing.assert_allclose(np.stack(d_b).astype(float), np.stack(d_f).astype(float), atol=2e-3)
+        np.testing.assert_allclose(v_b, v_f, atol=1e-4)
+
+        # a later stage call re-checks the index; a deleted one is named
+        digits.delete_brain_run("bk")
+        with pytest.raises(ValueError, match="Brain index 'bk' does not exist.*deleted"):
+            gmv.recall_contributors(digits, key="brainrun", progress=False)
+    finally:
+        if digits.has_brain_run("bk"):
+            digits.delete_brain_run("bk")
+        for key in ("flatrun", "brainrun"):
+            if key in gmvruns.list_runs(digits):
+                gmvruns.delete_run(digits, key)
+
+
+def test_compute_values_brain_validation(digits):
+    import fiftyone.brain as fob
+
+    from gmv_plugin import pipeline as gmvp
+
+    train, gen = _views(digits)
+    with pytest.raises(ValueError, match="brain_key"):
+        gmvp.compute_values(train, gen, key="bv", index="brain", k=K)
+    with pytest.raises(ValueError, match="'missing' does not exist"):
+        gmvp.compute_values(train, gen, key="bv", index="brain", index_params={"brain_key": "missing"}, k=K)
+    fob.compute_similarity(train, embeddings="emb", brain_key="bv_idx", backend="sklearn", progress=False)
+    try:
+        with pytest.raises(ValueError, match="own model"):
+            gmvp.compute_values(train, gen, key="bv", model="pixels", index="brain",
+                                index_params={"brain_key": "bv_idx"}, k=K)
+        with pytest.raises(ValueError, match="realism"):
+            gmvp.compute_values(train, gen, key="bv", index="brain", quality="realism",
+                                index_params={"brain_key": "bv_idx"}, k=K)
+        with pytest.raises(ValueError, match="now uses backend 'sklearn'"):
+            gmvp.compute_values(train, gen, key="bv", index="brain",
+                                index_params={"brain_key": "bv_idx", "backend": "lancedb"}, k=K)
+        assert "bv" not in digits.list_runs()
+    finally:
+        digits.delete_brain_run("bv_idx")
