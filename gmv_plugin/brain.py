@@ -509,6 +509,7 @@ class _MilvusSearcher(_Searcher):
 
     batch_size = 1024
     _METRICS = {"cosine": "COSINE", "euclidean": "L2", "dotproduct": "IP"}
+    ef = None  # HNSW search breadth; None: max(64, 2 k)
 
     def __init__(self, index):
         super().__init__(index)
@@ -541,7 +542,8 @@ class _MilvusSearcher(_Searcher):
     def search(self, q, k, recall):
         # HNSW's ef bounds the results; the Brain's stored search params are
         # not in the form Milvus reads, so set them here.
-        param = {"metric_type": self._METRICS[self.metric], "params": {"ef": max(64, int(k))}}
+        ef = int(self.ef) if self.ef else max(64, 2 * int(k))
+        param = {"metric_type": self._METRICS[self.metric], "params": {"ef": max(ef, int(k))}}
         res = self.collection.search(data=[v.tolist() for v in q], anns_field="vector", limit=int(k), param=param)
         out_ids = np.full((len(q), k), "", dtype=object)
         out_d = np.full((len(q), k), np.inf)
