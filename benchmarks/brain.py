@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 from benchmarks.run import _setup_env  # noqa: E402
 
 K = 50
+ONLY_ENGINES = None
 
 
 def _median_time(fn, repeats):
@@ -85,11 +86,11 @@ def _set_ef(value):
 
 SWEEPS = {
     # search-time settings tried on the same built index, beside the defaults
-    "pgvector-hnsw": {"hnsw_ef_search=100": _set_config("hnsw_ef_search", 100),
+    "pgvector-hnsw": {"hnsw_ef_search=50 (k)": _set_config("hnsw_ef_search", 50),
                       "hnsw_ef_search=200": _set_config("hnsw_ef_search", 200)},
-    "pgvector-ivfflat": {"ivfflat_probes=lists/4": lambda r: setattr(
-        r.index.config, "ivfflat_probes", max(1, (r.index._get_index_lists() or 4) // 4))},
-    "milvus-lite": {"ef=200": _set_ef(200)},
+    "pgvector-ivfflat": {"ivfflat_probes=lists/2": lambda r: setattr(
+        r.index.config, "ivfflat_probes", max(1, (r.index._get_index_lists() or 2) // 2))},
+    "milvus-lite": {"ef=100 (2k)": _set_ef(100), "ef=400": _set_ef(400)},
 }
 
 
@@ -139,6 +140,8 @@ def run_set(name, train, queries, tmp, repeats, per_query_n):
            "flat_faiss_seconds": t_flat, "engines": {}}
     print("[%s] flat FAISS: %.3fs" % (name, t_flat), flush=True)
     for ename, backend, kwargs, override in engines(tmp / name):
+        if ONLY_ENGINES and ename not in ONLY_ENGINES:
+            continue
         if override:
             fob.brain_config.similarity_backends.setdefault(override[0], {}).update(override[1])
         key = ename.replace("-", "_")
@@ -190,6 +193,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=str(HERE / "results" / "brain.json"))
+    p.add_argument("--sets", nargs="*", help="only these data sets (merged into --out)")
+    p.add_argument("--engines", nargs="*", help="only these engines (merged into --out)")
     args = p.parse_args(argv)
     CACHE.mkdir(exist_ok=True)
     _setup_env(CACHE)
@@ -204,8 +209,22 @@ def main(argv=None):
     out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
            "sets": {}}
+    global ONLY_ENGINES
+    ONLY_ENGINES = args.engines
+    partial = bool(args.sets or args.engines)
+    if partial:  # re-measure some rows of an existing result file
+        merged = json.loads(pathlib.Path(args.out).read_text())
+        merged.setdefault("partial_reruns", []).append(
+            {"date": out["date"], "sets": args.sets, "engines": args.engines})
     for name, train, queries in sets:
-        out["sets"][name] = run_set(name, train, queries, tmp, repeats, per_query)
+        if args.sets and name not in args.sets:
+            continue
+        res = run_set(name, train, queries, tmp, repeats, per_query)
+        if partial:
+            merged["sets"][name]["engines"].update(res["engines"])
+            merged["sets"][name]["flat_faiss_seconds_rerun"] = res["flat_faiss_seconds"]
+    if partial:
+        out = merged
     text = json.dumps(out, indent=1)
     if args.quick:
         print(text)
