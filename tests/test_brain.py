@@ -453,3 +453,30 @@ def test_compute_values_brain_validation(digits):
         assert "bv" not in digits.list_runs()
     finally:
         digits.delete_brain_run("bv_idx")
+
+
+def test_update_values_brain_equals_full(digits):
+    """Generated samples added later are embedded from the index's field and
+    recalled through it; the result equals a full run."""
+    import fiftyone.brain as fob
+
+    from gmv_plugin import pipeline as gmvp
+    from gmv_plugin import runs as gmvruns
+
+    train, gen = _views(digits)
+    gen_ids = gen.values("id")
+    fob.compute_similarity(train, embeddings="emb", brain_key="bu", backend="sklearn", progress=False)
+    try:
+        params = dict(index="brain", index_params={"brain_key": "bu"}, k=K, progress=False)
+        gmvp.compute_values(train, digits.select(gen_ids[:70]), key="part", **params)
+        gmvp.update_values(digits, "part", gen, progress=False)
+        gmvp.compute_values(train, gen, key="full", **params)
+        c_p, d_p, v_p = _fields(digits, "part")
+        c_f, d_f, v_f = _fields(digits, "full")
+        assert [set(a) for a in c_p] == [set(a) for a in c_f]
+        np.testing.assert_allclose(v_p, v_f, atol=1e-5)
+    finally:
+        digits.delete_brain_run("bu")
+        for key in ("part", "full"):
+            if key in gmvruns.list_runs(digits):
+                gmvruns.delete_run(digits, key)
