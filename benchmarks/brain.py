@@ -19,11 +19,13 @@ top-k found.
 """
 
 import argparse
+import atexit
 import datetime
 import json
 import os
 import pathlib
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -199,6 +201,7 @@ def main(argv=None):
     CACHE.mkdir(exist_ok=True)
     _setup_env(CACHE)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="gmv-brain-bench-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # engines' files
     if args.quick:
         sets = [("mnist", *mnist_vectors(2000, 200))]
         repeats, per_query = 1, 20
