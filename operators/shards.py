@@ -12,9 +12,7 @@ from . import _common as c
 
 
 def add_shards(inputs, ctx):
-    """The number of shards, offered when the run is delegated."""
-    if not c.param(ctx, "delegate", True):
-        return
+    """The number of shards (1: one process)."""
     inputs.int("shards", min=1, default=1, label="Shards (delegated workers)",
                description="Split the generated samples into this many shards, each a separate "
                "delegated operation, then one reduce; every `fiftyone delegated launch` worker "
