@@ -441,6 +441,10 @@ def reduce_shards(samples, key, plan_id, wait=0, compute_missing=False, progress
         _plans().update_one({"_id": locks.lock_id(dataset, key), "plan_id": plan_id},
                             {"$set": {"plan_id": None, "reduced_plan": plan_id}})
         shutil.rmtree(_plan_dir(dataset, key, plan_id), ignore_errors=True)
+        try:
+            os.rmdir(os.path.dirname(_plan_dir(dataset, key, plan_id)))
+        except OSError:  # another plan is there
+            pass
     return results
 
 

@@ -161,7 +161,7 @@ class RunStore(object):
         return np.load(self.path(name), mmap_mode="r" if mmap else None)
 
     def referenced(self, manifest):
-        names = {MANIFEST, SHARDS}  # shard plans: see gmv_plugin.shards
+        names = {MANIFEST}
         for section in ("stages", "pending"):
             for entry in manifest.get(section, {}).values():
                 names.update(entry.get("files", {}).values())
@@ -171,7 +171,7 @@ class RunStore(object):
         """Removes files no manifest entry refers to; returns their names."""
         if not os.path.isdir(self.dir):
             return []
-        keep = self.referenced(self.manifest())
+        keep = self.referenced(self.manifest()) | {SHARDS}  # live shard plans: gmv_plugin.shards
         removed = []
         for name in os.listdir(self.dir):
             if name not in keep:

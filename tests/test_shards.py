@@ -83,7 +83,7 @@ def test_sharded_equals_single_process(ds, ref, num_shards):
     assert records[0]["rows"] == [0, 4096]
     gmv.reduce_shards(ds, key, plan["plan_id"], progress=False)
     check_equal(ds, key, ref)
-    assert not os.listdir(os.path.join(gmvstore.RunStore(ds, key).dir, "shards"))
+    assert not os.path.exists(os.path.join(gmvstore.RunStore(ds, key).dir, "shards"))
     gmv.delete_run(ds, key)
 
 
