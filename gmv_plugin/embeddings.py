@@ -416,7 +416,9 @@ def embed_to_file(
     file is written with plain writes, embeddings fields are read raw in
     batches, and the built-in pixel embedder decodes files in parallel
     workers (:func:`embed_paths`); other models go through FiftyOne's
-    ``compute_embeddings``.
+    ``compute_embeddings``. Computed embeddings are written to
+    ``embeddings_field`` only when they have the dimension of the vectors
+    already stored there.
 
     Args:
         samples: a sample collection
@@ -514,6 +516,7 @@ def _raise_failed(failed_ids, failed_paths, total, field):
 
 def _compute_to_file(samples, path, model, embeddings_field, has_field, batch_size,
                      chunk_size, ids, progress):
+    field_dim = _field_dim(samples, embeddings_field) if has_field else None
     failed = []
     writer = NpyWriter(path, len(ids))
     try:
@@ -521,7 +524,8 @@ def _compute_to_file(samples, path, model, embeddings_field, has_field, batch_si
             for start in range(0, len(ids), chunk_size):
                 chunk_ids = ids[start : start + chunk_size]
                 chunk = samples.select(chunk_ids, ordered=True)
-                embs = _chunk_embeddings(chunk, model, embeddings_field, has_field, batch_size)
+                embs = _chunk_embeddings(chunk, model, embeddings_field, has_field, batch_size,
+                                         field_dim)
                 failed.extend(sid for sid, emb in zip(chunk_ids, embs) if emb is None)
                 if not failed:
                     writer.write(start, np.stack(embs).reshape(len(chunk_ids), -1))
@@ -538,7 +542,14 @@ def _compute_to_file(samples, path, model, embeddings_field, has_field, batch_si
     return list(ids), np.load(path, mmap_mode="r")
 
 
-def _chunk_embeddings(chunk, model, field, has_field, batch_size):
+def _field_dim(samples, field):
+    """The dimension of the vectors already in ``field`` on the dataset."""
+    dataset = samples._root_dataset
+    found = dataset.exists(field).limit(1).values(field)
+    return int(np.asarray(found[0]).size) if found else None
+
+
+def _chunk_embeddings(chunk, model, field, has_field, batch_size, field_dim=None):
     """Embeddings of ``chunk``, in order: read from ``field`` where present,
     else computed in memory with ``model`` and stored in ``field`` with one
     bulk write (``compute_embeddings(embeddings_field=...)`` saves sample by
@@ -556,6 +567,13 @@ def _chunk_embeddings(chunk, model, field, has_field, batch_size):
         embs[i] = emb
     if field is not None:
         new = {ids[i]: embs[i] for i in missing if embs[i] is not None}
+        dims = {int(np.asarray(e).size) for e in new.values()}
+        if field_dim is not None and dims - {field_dim}:
+            raise EmbeddingError(
+                "The model's embeddings have dimension %s but field %r holds %d-d vectors; "
+                "nothing was written to it. Use another embeddings_field"
+                % (sorted(dims), field, field_dim)
+            )
         if new:
             chunk.set_values(field, new, key_field="id")
     return embs

@@ -107,64 +107,74 @@ def _is_int(v):
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def check_params(params, index_type=None, n=None, d=None):
+def check_params(params, index=None, n=None, d=None, index_type=None):
     """Validates index parameters before any work.
 
-    Checks names and ranges: ``M`` > 0 (dividing the indexed dimension when
-    ``d`` is known), ``nbits`` 1..16, ``nlist`` 1..n, ``nprobe`` 1..nlist,
-    ``refine`` >= 0, ``train_size`` > 0, ``pca`` 0..d (0 = none),
-    ``memory_mb`` > 0. ``None`` values mean automatic.
+    Checks names and ranges: ``M`` > 0 (dividing the indexed dimension, ``pca``
+    or ``d``, when known), ``nbits`` 1..16, ``nlist`` 1..n, ``nprobe``
+    1..nlist, ``refine`` >= 0, ``train_size`` > 0, ``pca`` 0..d (0 = none),
+    ``memory_mb`` > 0; ``None`` values mean automatic. ``n`` (training
+    vectors) and ``d`` (dimension) enable the checks that need them.
 
     Raises:
-        ValueError: naming the parameter and its allowed range
+        ValueError: one message naming every bad entry and its allowed range
     """
-    params = dict(params or {})
+    index = index if index is not None else index_type
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ValueError("index_params must be a dict; got %r" % (params,))
+    errors = []
     unknown = sorted(set(params) - set(INDEX_PARAMS))
     if unknown:
-        raise ValueError(
-            "Unknown index parameters %s; allowed are %s" % (unknown, INDEX_PARAMS)
-        )
-    if index_type is not None and index_type not in INDEX_TYPES:
-        raise ValueError("Unknown index %r; allowed values are %s" % (index_type, INDEX_TYPES))
-    for name, value in params.items():
-        if value is not None and not _is_int(value):
-            raise ValueError("Index parameter %s must be an integer or None; got %r" % (name, value))
+        errors.append("Unknown index parameters %s; allowed are %s" % (unknown, INDEX_PARAMS))
+    if index is not None and index not in INDEX_TYPES:
+        errors.append("Unknown index %r; allowed values are %s" % (index, INDEX_TYPES))
+    get = {k: v for k, v in params.items() if k in INDEX_PARAMS}.get
 
-    def bad(name, allowed):
-        raise ValueError("Index parameter %s=%r is out of range; allowed: %s"
-                         % (name, params[name], allowed))
+    def bad(name, low, high=None, what=""):
+        span = ("between %d and %s inclusive%s" % (low, high, what) if high is not None
+                else ">= %d" % low)
+        errors.append("index_params %s must be an integer %s; got %r" % (name, span, params[name]))
 
-    get = params.get
-    if get("nbits") is not None and not 1 <= get("nbits") <= 16:
-        bad("nbits", "1..16")
-    if get("refine") is not None and get("refine") < 0:
-        bad("refine", ">= 0 (0 = no exact re-scoring)")
-    if get("train_size") is not None and get("train_size") <= 0:
-        bad("train_size", "> 0")
-    if get("memory_mb") is not None and get("memory_mb") <= 0:
-        bad("memory_mb", "> 0 (MiB)")
-    if get("pca") is not None:
-        if get("pca") < 0 or (d is not None and get("pca") > d):
-            bad("pca", "0 (none) .. d = %s" % (d if d is not None else "the embedding dimension"))
-    if get("nlist") is not None:
-        if get("nlist") < 1 or (n is not None and get("nlist") > n):
-            bad("nlist", "1 .. n = %s (the number of training vectors)" % (n if n is not None else "n"))
-    if get("nprobe") is not None:
-        if get("nprobe") < 1 or (get("nlist") is not None and get("nprobe") > get("nlist")):
-            bad("nprobe", "1 .. nlist = %s" % (get("nlist") if get("nlist") is not None else "nlist"))
-        if n is not None and get("nlist") is None and get("nprobe") > n:
-            bad("nprobe", "1 .. nlist <= n = %d" % n)
-    if get("M") is not None:
-        if get("M") < 1:
-            bad("M", "> 0, dividing the indexed dimension")
-        dims = get("pca") or d
-        if dims is not None and dims % get("M"):
-            raise ValueError(
-                "Index parameter M=%d must divide the indexed dimension %d (%s); "
-                "allowed: divisors of %d" % (get("M"), dims, "pca" if get("pca") else "d", dims)
-            )
-    if index_type == "flat" and any(get(p) is not None for p in ("pca",)) and get("pca"):
-        raise ValueError("index='flat' is exact and takes no pca; use ivfflat or ivfpq")
+    ok = {}
+    for name in INDEX_PARAMS:
+        value = get(name)
+        if value is None:
+            continue
+        if not _is_int(value):
+            errors.append("index_params %s must be an integer or None; got %r" % (name, value))
+        else:
+            ok[name] = value
+    g = ok.get
+    if g("nbits") is not None and not 1 <= g("nbits") <= 16:
+        bad("nbits", 1, 16)
+    if g("refine") is not None and g("refine") < 0:
+        bad("refine", 0)
+    if g("train_size") is not None and g("train_size") < 1:
+        bad("train_size", 1)
+    if g("memory_mb") is not None and g("memory_mb") < 1:
+        bad("memory_mb", 1)
+    if g("pca") is not None and (g("pca") < 0 or (d is not None and g("pca") > d)):
+        bad("pca", 0, d if d is not None else "d", " (0 = no PCA)")
+    if g("nlist") is not None and (g("nlist") < 1 or (n is not None and g("nlist") > n)):
+        bad("nlist", 1, n if n is not None else "n", " (n = training vectors)")
+    if g("nprobe") is not None:
+        if g("nprobe") < 1 or (g("nlist") is not None and g("nprobe") > g("nlist")):
+            bad("nprobe", 1, g("nlist") if g("nlist") is not None else "nlist", " (nlist)")
+        elif n is not None and g("nlist") is None and g("nprobe") > n:
+            bad("nprobe", 1, n, " (nlist <= n)")
+    if g("M") is not None:
+        dims = g("pca") or d
+        if g("M") < 1 or (dims is not None and g("M") > dims):
+            bad("M", 1, dims if dims is not None else "d")
+        elif dims is not None and dims % g("M"):
+            errors.append("index_params M=%d must divide the %s dimension %d"
+                          % (g("M"), "pca" if g("pca") else "embedding", dims))
+    if index == "flat" and g("pca"):
+        errors.append("index='flat' is exact and takes no pca; use ivfflat or ivfpq")
+    if errors:
+        raise ValueError("; ".join(errors))
 
 
 def resolve_index_type(index, n, d=None, n_queries=None, k=50, params=None):
@@ -201,7 +211,7 @@ def default_params(index_type, n, d, params=None, n_queries=None, k=50):
     ``refine``: None = calibrated at build time (``refine`` is 0 for IVF-flat
     without PCA, whose distances are exact). ``auto`` resolves first.
     """
-    check_params(params, index_type=index_type, n=n, d=d)
+    check_params(params, index=index_type, n=n, d=d)
     params = dict(params or {})
     if index_type == "auto":
         index_type = resolve_index_type("auto", n, d=d, n_queries=n_queries, k=k, params=params)
@@ -211,6 +221,8 @@ def default_params(index_type, n, d, params=None, n_queries=None, k=50):
     pca = params.get("pca")
     if pca is None:
         pca = PCA_DIMS if d >= PCA_MIN_D and n > PCA_DIMS else 0
+        if params.get("M") and PCA_DIMS % params["M"]:
+            pca = 0  # the user's M was meant for the full dimension
     out["pca"] = int(pca)
     dims = out["pca"] or d
     sizes = []
@@ -218,8 +230,8 @@ def default_params(index_type, n, d, params=None, n_queries=None, k=50):
         m = params.get("M")
         out["M"] = int(m if m is not None else _default_m(dims))
         if dims % out["M"]:
-            raise ValueError("Index parameter M=%d must divide the indexed dimension %d"
-                             % (out["M"], dims))
+            raise ValueError("index_params M=%d must divide the %s dimension %d"
+                             % (out["M"], "pca" if out["pca"] else "embedding", dims))
         nbits = params.get("nbits")
         if nbits is None:
             nbits = 8
@@ -239,8 +251,8 @@ def default_params(index_type, n, d, params=None, n_queries=None, k=50):
         out["nlist"] = int(nlist)
         out["nprobe"] = params.get("nprobe")
         if out["nprobe"] is not None and out["nprobe"] > out["nlist"]:
-            raise ValueError("Index parameter nprobe=%d is out of range; allowed: 1 .. nlist = %d"
-                             % (out["nprobe"], out["nlist"]))
+            raise ValueError("index_params nprobe must be an integer between 1 and %d inclusive "
+                             "(nlist); got %d" % (out["nlist"], out["nprobe"]))
         sizes.append(MIN_POINTS_PER_CENTROID * out["nlist"])
     refine = params.get("refine")
     if refine is None and index_type == "ivfflat" and not out["pca"]:

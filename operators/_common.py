@@ -46,18 +46,20 @@ QUALITY_LABELS = {
     "other": "Other pyiqa no-reference metric",
 }
 INDEX_LABELS = {
-    "auto": "Auto (by training set size)",
+    "auto": "Auto (cheapest by a cost model, within a memory budget)",
     "flat": "Flat (exact)",
+    "ivfflat": "Inverted file (IVF-flat, PCA for large dimensions)",
     "pq": "Product quantization (PQ)",
     "ivfpq": "Inverted file + PQ (IVF-PQ)",
 }
 INDEX_PARAM_FIELDS = {
+    "pca": ("PCA dimensions (0 = none)", ("ivfflat", "pq", "ivfpq")),
     "M": ("Sub-vectors M", ("pq", "ivfpq")),
     "nbits": ("Bits per sub-vector code (nbits)", ("pq", "ivfpq")),
-    "nlist": ("Inverted lists (nlist)", ("ivfpq",)),
-    "nprobe": ("Lists searched (nprobe)", ("ivfpq",)),
-    "refine": ("Exact re-scoring factor (refine, 0 = codes only)", ("pq", "ivfpq")),
-    "train_size": ("Codebook training sample size", ("pq", "ivfpq")),
+    "nlist": ("Inverted lists (nlist)", ("ivfflat", "ivfpq")),
+    "nprobe": ("Lists searched (nprobe)", ("ivfflat", "ivfpq")),
+    "refine": ("Exact re-scoring factor (refine, 0 = codes only)", ("ivfflat", "pq", "ivfpq")),
+    "train_size": ("Codebook training sample size", ("ivfflat", "pq", "ivfpq")),
 }
 DEFAULTS = {
     "encoder": "pixels",
