@@ -411,12 +411,69 @@ def growth(summary, source="images"):
     return law
 
 
+def extrapolate(summary, law, sizes=(10**7, 10**8)):
+    """Stage times at ``sizes`` from the measured growth laws, plus the index
+    ``auto`` would pick there and its memory, and the embeddings' disk size."""
+    from gmv_plugin import index as gmvi
+
+    rows = [s for s in summary if s["source"] == "images"]
+    if not rows or not law:
+        return []
+    last = rows[-1]
+    out = []
+    for n in sizes:
+        stages = {}
+        for stage, fit in law.items():
+            stages[stage] = fit["seconds"] * (n / fit["at"]) ** fit["exponent"]
+        plan = gmvi.plan_index(n, last["dim"], n_queries=N_GENERATED, k=K)
+        out.append({
+            "n_train": n, "stages": stages, "index_type": plan["index_type"],
+            "index_memory_mb": plan["estimates"][plan["index_type"]]["memory_mb"],
+            "embeddings_disk_gb": n * last["dim"] * 4 / 1e9,
+            "png_disk_gb": n * 4096 / 1e9,
+        })
+    return out
+
+
+def render(out):
+    """The tables of SCALE.md (the prose around them is written by hand)."""
+    lines = ["| source | N train | dim | index (auto) | total s | bare s | ratio | peak RSS MB | recall@%d | "
+             "pre-stage s | embed | index | recall | values | repeats |" % K,
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in out["summary"]:
+        st = r["stages"]
+        lines.append("| %s | %s | %d | %s | %.1f | %.1f | %.2fx | %.0f | %.3f | %.1f | %.1f | %.1f | %.1f | %.1f | %d |" % (
+            r["source"], "{:,}".format(r["n_train"]), r["dim"], r["index_type"], r["total_s"], r["bare_s"],
+            r["ratio_vs_bare"], r["peak_rss_mb"], r["recall_at_k"], r["pre_stage_s"], st.get("embed", 0),
+            st.get("index", 0), st.get("recall", 0), st.get("values", 0), r["repeats"]))
+    lines.append("")
+    if out.get("growth"):
+        lines.append("| stage | t ~ N^b, b (10^5 -> 10^6) | seconds at 10^6 |")
+        lines.append("| --- | ---: | ---: |")
+        for stage, fit in out["growth"].items():
+            lines.append("| %s | %.2f | %.1f |" % (stage, fit["exponent"], fit["seconds"]))
+        lines.append("")
+    if out.get("extrapolated"):
+        lines.append("| N train | predicted total s | embed s | index s | recall s | values s | auto index | index MB | embeddings on disk GB | PNGs GB |")
+        lines.append("| ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
+        for e in out["extrapolated"]:
+            st = e["stages"]
+            lines.append("| %s | %.0f | %.0f | %.0f | %.0f | %.0f | %s | %.0f | %.0f | %.0f |" % (
+                "{:,}".format(e["n_train"]), st.get("total_s", 0), st.get("embed", 0), st.get("index", 0),
+                st.get("recall", 0), st.get("values", 0), e["index_type"], e["index_memory_mb"],
+                e["embeddings_disk_gb"], e["png_disk_gb"]))
+    return "\n".join(lines) + "\n"
+
+
 def _write(out, path):
     out["summary"] = summarize(out["rows"])
     out["growth"] = growth(out["summary"])
+    out["extrapolated"] = extrapolate(out["summary"], out["growth"])
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f, indent=1, default=str)
+    with open(pathlib.Path(path).with_suffix(".tables.md"), "w") as f:
+        f.write(render(out))
 
 
 def calibrate():

@@ -21,6 +21,7 @@ import time
 import numpy as np
 import fiftyone.core.utils as fou
 
+from gmv_plugin import arrays as gmvarrays
 from gmv_plugin import embeddings as gmve
 from gmv_plugin import index as gmvi
 from gmv_plugin import quality as gmvq
@@ -888,7 +889,8 @@ def _contributor_lists(train_ids, idx, dists, scores, kept):
 def _check_finite(emb, ids, chunk=65_536):
     bad = []
     for s in range(0, len(emb), chunk):
-        rows = np.flatnonzero(~np.isfinite(np.asarray(emb[s : s + chunk])).all(axis=1))
+        # plain reads: memmap pages touched here would stay in RSS (4 GB at 10^6 x 1024)
+        rows = np.flatnonzero(~np.isfinite(gmvarrays.read_rows(emb, s, s + chunk)).all(axis=1))
         bad.extend(ids[s + rows].tolist())
     if bad:
         raise gmve.EmbeddingError(
