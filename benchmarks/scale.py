@@ -87,9 +87,13 @@ def ensure_dataset(source, n):
             return ds, 0.0
         ds.delete()
     start = time.perf_counter()
-    train_paths, _ = ensure_pngs("train", n)
-    gen_paths, _ = ensure_pngs("generated", N_GENERATED)
-    t_png = time.perf_counter() - start
+    if source == "field":  # runs from a field read no image files
+        from benchmarks.scale_data import png_paths
+
+        train_paths, gen_paths = png_paths("train", n), png_paths("generated", N_GENERATED)
+    else:
+        train_paths, _ = ensure_pngs("train", n)
+        gen_paths, _ = ensure_pngs("generated", N_GENERATED)
     ds = fo.Dataset(name, persistent=True)
     for tag, paths, seed in (("train", train_paths, 1), ("generated", gen_paths, 2)):
         vecs = field_vectors(len(paths), seed) if source == "field" else None
@@ -310,6 +314,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--no-field", action="store_true", help="skip the 10^6 embeddings-field run")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the rows of other configurations already in --out")
     ap.add_argument("--repeats", type=int, default=None, help="repeats per size (default 3/2/1)")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--calibrate", action="store_true")
@@ -330,8 +336,16 @@ def main(argv=None):
     configs = [("images", n) for n in args.sizes]
     if not args.no_field:
         configs.append(("field", 1_000_000))
+    print("configurations: %s" % configs, flush=True)
     out = {"machine": _machine(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
            "rows": [], "created": {}, "bare_decode_s_per_image": None}
+    if args.keep and os.path.exists(args.out):
+        with open(args.out) as f:
+            old = json.load(f)
+        rerun = set(configs)
+        out["rows"] = [r for r in old["rows"] if (r["source"], r["n_train"]) not in rerun]
+        out["created"] = old.get("created", {})
+        out["bare_decode_s_per_image"] = old.get("bare_decode_s_per_image")
     with private_mongod(CACHE / "db") as uri:
         os.environ["FIFTYONE_DATABASE_URI"] = uri
         for source, n in configs:
@@ -340,7 +354,8 @@ def main(argv=None):
             created = _spawn("create", cfg, log)
             out["created"]["%s-%d" % (source, n)] = dict(created, wall_s=time.perf_counter() - t)
             print("dataset %s %d: created in %.1f s" % (source, n, created["created_s"]), flush=True)
-        out["bare_decode_s_per_image"] = bare_decode(max(args.sizes or [20_000]))
+        if args.sizes:
+            out["bare_decode_s_per_image"] = bare_decode(max(args.sizes))
         for source, n in configs:
             repeats = args.repeats or (3 if n <= 10_000 else 2 if n <= 100_000 else 1)
             for r in range(repeats):

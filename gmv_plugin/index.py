@@ -368,10 +368,12 @@ class Index(object):
     """A FAISS index plus what search needs to know about it: its type, the
     resolved (calibrated) parameters and where the exact vectors live."""
 
-    def __init__(self, index, meta, vectors=None):
+    def __init__(self, index, meta, vectors=None, vectors_path=None):
         self.index = index
         self.meta = meta
         self.vectors = vectors  # in-memory training vectors, when not on disk
+        # the .npy it was built from; not saved (files move, runs are renamed)
+        self.vectors_path = vectors_path
 
     @property
     def ntotal(self):
@@ -382,7 +384,7 @@ class Index(object):
         return self.index.d
 
     def __getattr__(self, name):
-        if name in ("index", "meta", "vectors"):
+        if name in ("index", "meta", "vectors", "vectors_path"):
             raise AttributeError(name)
         return getattr(self.index, name)
 
@@ -449,8 +451,7 @@ def build_index(embeddings, index_type, params, batch_size=50_000, seed=0, progr
     k = int(min(k, n - 1)) if n > 1 else 1
     source = arrays.file_source(embeddings)
     meta = {"index_type": index_type, "params": dict(params), "factory": factory,
-            "n": int(n), "d": int(d), "k": k,
-            "vectors_path": os.path.abspath(source[0]) if source else None}
+            "n": int(n), "d": int(d), "k": k}
     rng = np.random.default_rng(seed)
 
     if index_type != "flat":
@@ -483,7 +484,8 @@ def build_index(embeddings, index_type, params, batch_size=50_000, seed=0, progr
                 exact_d, exact_i = _merge_topk(exact_d, exact_i, dd, ii + start, k + 1)
             pb.update(len(batch))
 
-    result = Index(index, meta, vectors=None if source else embeddings)
+    result = Index(index, meta, vectors=None if source else embeddings,
+                   vectors_path=os.path.abspath(source[0]) if source else None)
     if calibrate:
         meta["calibration"] = _calibrate(result, cal_q, cal_rows, exact_i, k, params)
     else:
@@ -639,7 +641,8 @@ def search(index, queries, k, params=None, batch_size=4096, vectors=None, info=N
         params (None): ``nprobe``/``refine`` overrides; None values keep the
             calibrated ones stored in the index
         vectors (None): the training embeddings for exact re-scoring (array or
-            ``.npy`` memmap); defaults to the file the index was built from
+            ``.npy`` memmap); defaults to those the index was built from while
+            it is in memory; required after :func:`load_index`
         info (None): a dict that receives the placement (:func:`gpu_plan`)
 
     Returns:
@@ -700,7 +703,7 @@ def _refine_vectors(index, vectors):
         return vectors
     if index.vectors is not None:
         return index.vectors
-    path = index.meta.get("vectors_path")
+    path = index.vectors_path
     if path and os.path.isfile(path):
         vec = np.load(path, mmap_mode="r")
         if vec.shape == (index.meta.get("n"), index.meta.get("d")):
