@@ -318,7 +318,10 @@ def main(argv=None):
                     help="keep the rows of other configurations already in --out")
     ap.add_argument("--repeats", type=int, default=None, help="repeats per size (default 3/2/1)")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--db", default="db", help="database folder under .cache/scale (one per process)")
     ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--combine", nargs="*", default=None,
+                    help="merge the rows of these result files into --out")
     ap.add_argument("--child", default=None)
     ap.add_argument("--what", default=None)
     args = ap.parse_args(argv)
@@ -326,6 +329,20 @@ def main(argv=None):
         return _child(args)
     if args.calibrate:
         return calibrate()
+    if args.combine:
+        out = None
+        for path in args.combine:
+            with open(path) as f:
+                part = json.load(f)
+            if out is None:
+                out = part
+            else:
+                out["rows"] += part["rows"]
+                out["created"].update(part.get("created", {}))
+                out["bare_decode_s_per_image"] = out.get("bare_decode_s_per_image") or part.get("bare_decode_s_per_image")
+                out.setdefault("also", []).append({"date": part["date"], "machine": part["machine"]})
+        _write(out, args.out)
+        return 0
 
     sys.path.insert(0, str(ROOT / "tests"))
     from browser import private_mongod
@@ -346,7 +363,7 @@ def main(argv=None):
         out["rows"] = [r for r in old["rows"] if (r["source"], r["n_train"]) not in rerun]
         out["created"] = old.get("created", {})
         out["bare_decode_s_per_image"] = old.get("bare_decode_s_per_image")
-    with private_mongod(CACHE / "db") as uri:
+    with private_mongod(CACHE / args.db) as uri:
         os.environ["FIFTYONE_DATABASE_URI"] = uri
         for source, n in configs:
             cfg = {"source": source, "n_train": n}
