@@ -218,6 +218,15 @@ def run_bare(row):
     t_values = time.perf_counter() - t
     bare = t_build + t_search + t_values
     del index
+    flat_s = None
+    if itype != "flat" and n * d * 4 <= 2**30:  # is auto's choice faster than exact search?
+        t = time.perf_counter()
+        flat = faiss.IndexFlatL2(d)
+        for s in range(0, n, 100_000):
+            flat.add(np.ascontiguousarray(xb[s : s + 100_000]))
+        flat.search(xq, K)
+        flat_s = time.perf_counter() - t
+        del flat
 
     # recall@k of the pipeline's contributors against exact search (sample)
     import fiftyone as fo
@@ -249,6 +258,8 @@ def run_bare(row):
         "bare_s": bare,
         "bare_stages": {"build": t_build, "search": t_search, "values": t_values},
         "bare_peak_rss_mb": _peak_rss_mb(),
+        "bare_flat_s": flat_s,
+        "bare_index_s": t_build + t_search,
         "recall_at_k": recall,
         "dim": int(d),
         "bare_index_type": itype,
@@ -421,6 +432,10 @@ def summarize(rows):
             "stages": {s: _median([r["stages"].get(s, 0.0) for r in rs]) for s in stages},
             "pre_stage_s": _median([r["pre_stage_s"] for r in rs]),
             "bare_decode_s": rs[0].get("bare_decode_s"),
+            "bare_index_s": _median([r.get("bare_index_s") or 0.0 for r in rs]),
+            "bare_flat_s": (_median([r["bare_flat_s"] for r in rs])
+                            if all(r.get("bare_flat_s") for r in rs) else None),
+            "children_peak_rss_mb": max(r.get("children_peak_rss_mb") or 0 for r in rs),
         })
     return out
 
