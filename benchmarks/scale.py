@@ -359,6 +359,8 @@ def main(argv=None):
     from browser import private_mongod
 
     CACHE.mkdir(parents=True, exist_ok=True)
+    # one runs folder per database: a run store sweeps folders of datasets its database lacks
+    os.environ["GMV_RUNS_DIR"] = str(CACHE / ("runs" if args.db == "db" else "runs-" + args.db))
     _env()
     log = open(CACHE / "scale.log", "a")
     configs = [("images", n) for n in args.sizes]
