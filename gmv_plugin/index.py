@@ -723,9 +723,9 @@ def _rescore(queries, cand, vectors, k):
     rows = arrays.gather_rows(vectors, uniq)
     d2 = np.full(flat.shape, np.inf, dtype=np.float32)
     qi = np.repeat(np.arange(nq), short)[valid]
-    x = rows[inv]
-    q = queries[qi]
-    d2[valid] = np.einsum("ij,ij->i", x, x) - 2 * np.einsum("ij,ij->i", x, q) + np.einsum("ij,ij->i", q, q)
+    xn = np.einsum("ij,ij->i", rows, rows)
+    qn = np.einsum("ij,ij->i", queries, queries)
+    d2[valid] = xn[inv] + qn[qi] - 2 * np.einsum("ij,ij->i", rows[inv], queries[qi])
     d2 = np.maximum(d2, 0).reshape(nq, short)
     order = np.argsort(d2, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(d2, order, axis=1), np.take_along_axis(cand, order, axis=1)
