@@ -424,7 +424,8 @@ def _factory(index_type, d, params):
 def build_index(embeddings, index_type, params, batch_size=50_000, seed=0, progress=None,
                 k=50, n_queries=None):
     """Builds an index over the rows of ``embeddings`` (array or ``.npy``
-    memmap, read in batches of ``batch_size`` rows so memory stays bounded).
+    memmap, read in batches of ``batch_size`` rows, at most 64 MB, so memory
+    stays bounded).
 
     Args:
         embeddings: ``(n, d)`` training embeddings
@@ -475,6 +476,7 @@ def build_index(embeddings, index_type, params, batch_size=50_000, seed=0, progr
         exact_d = np.full((len(cal_q), 0), np.inf, dtype=np.float32)
         exact_i = np.zeros((len(cal_q), 0), dtype=np.int64)
 
+    batch_size = max(1, min(batch_size, (64 << 20) // (4 * d)))  # <= 64 MB per batch
     with fou.ProgressBar(total=n, progress=progress) as pb:
         for start, batch in arrays.iter_rows(embeddings, batch_size):
             index.add(batch)
