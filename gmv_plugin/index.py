@@ -12,8 +12,9 @@ Index types:
 
 Approximate indexes re-score a shortlist of ``refine * k`` candidates with
 exact distances read from the training embeddings (``vectors=`` of
-:func:`search`, normally the on-disk ``.npy`` memmap, read one block at a time),
-so no flat copy of the vectors is held in memory. Unless given, ``nprobe`` and
+:func:`search`, normally the on-disk ``.npy`` memmap): read into memory once
+when they fit half the memory budget, else gathered one block at a time from
+the file, so no flat copy of vectors that do not fit is ever held. Unless given, ``nprobe`` and
 ``refine`` are calibrated at build time: 64 training rows serve as queries,
 their exact neighbours are computed during the add pass, and the smallest
 setting whose recall@k (self excluded) reaches :data:`CALIBRATION_RECALL` is
@@ -665,6 +666,12 @@ def search(index, queries, k, params=None, batch_size=4096, vectors=None, info=N
         core.nprobe = int(nprobe)
     if refine:
         vectors = _refine_vectors(index, vectors)
+        # Re-scoring many queries touches most rows: read the file once into
+        # memory when it fits half the budget, else gather blocks from disk.
+        budget = (meta_params.get("memory_mb") or DEFAULT_MEMORY_MB) * 2**20
+        if (arrays.file_source(vectors) is not None and vectors.nbytes <= budget / 2
+                and len(queries) * k * refine >= len(vectors) / 4):
+            vectors = arrays.read_rows(vectors, 0, len(vectors))
     _set_threads()
     plan = gpu_plan(index, k=k, nprobe=nprobe, refine=refine)
     if info is not None:
