@@ -668,7 +668,7 @@ def search(index, queries, k, params=None, batch_size=4096, vectors=None, info=N
         vectors = _refine_vectors(index, vectors)
         # Re-scoring many queries touches most rows: read the file once into
         # memory when it fits half the budget, else gather blocks from disk.
-        budget = (meta_params.get("memory_mb") or DEFAULT_MEMORY_MB) * 2**20
+        budget = (params.get("memory_mb") or meta_params.get("memory_mb") or DEFAULT_MEMORY_MB) * 2**20
         if (arrays.file_source(vectors) is not None and vectors.nbytes <= budget / 2
                 and len(queries) * k * refine >= len(vectors) / 4):
             vectors = arrays.read_rows(vectors, 0, len(vectors))

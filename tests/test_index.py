@@ -77,6 +77,9 @@ def test_refine_reads_the_memmap_not_a_flat_copy(tmp_path, embeddings, exact):
     _, a = gmvi.search(index, queries, 20)  # re-scored from the file it was built from
     _, b = gmvi.search(loaded, queries, 20, vectors=mm)
     np.testing.assert_array_equal(a, b)
+    # a budget too small to read the file: candidates gathered block by block
+    _, c = gmvi.search(loaded, queries, 20, {"memory_mb": 1}, vectors=mm)
+    np.testing.assert_array_equal(a, c)
     assert gmvi.recall_at_k(a, exact[1]) >= 0.95
     gmvi.faiss.read_index(path)  # still a plain FAISS file
     with pytest.raises(ValueError, match="vectors="):
