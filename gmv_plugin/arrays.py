@@ -66,24 +66,44 @@ def iter_rows(arr, batch_size):
         yield start, read_rows(arr, start, start + batch_size)
 
 
-def gather_rows(arr, rows, block=32_768, dtype=np.float32):
-    """``arr[rows]`` for sorted ``rows``, through one short-lived mapping per
-    block of rows, so only the pages of one block are resident at a time."""
+def gather_rows(arr, rows, dtype=np.float32):
+    """``arr[rows]`` read with ``preadv`` into the result (runs of adjacent
+    rows in one call). Not through a mapping: touching scattered rows of a
+    memmap maps their neighbours too (the kernel's fault-around), which put
+    the whole 4 GB file in RSS at 10^6 x 1024."""
     rows = np.asarray(rows, dtype=np.int64)
     src = file_source(arr)
     if src is None:
         return np.ascontiguousarray(arr[rows], dtype=dtype)
     path, offset, shape, fdtype = src
-    out = np.empty((len(rows),) + shape[1:], dtype=dtype)
+    order = None
+    if len(rows) > 1 and (np.diff(rows) < 0).any():
+        order = np.argsort(rows, kind="stable")
+        rows = rows[order]
+    out = np.empty((len(rows),) + shape[1:], dtype=fdtype)
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * fdtype.itemsize
-    for s in range(0, len(rows), block):
-        part = rows[s : s + block]
-        lo, hi = int(part.min()), int(part.max()) + 1
-        mm = np.memmap(path, dtype=fdtype, mode="r", offset=offset + lo * row_bytes,
-                       shape=(hi - lo,) + shape[1:])
-        out[s : s + len(part)] = mm[part - lo]
-        del mm
-    return out
+    buf = memoryview(out.reshape(-1).view(np.uint8))
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks]).astype(np.int64)
+    ends = np.concatenate([breaks, [len(rows)]]).astype(np.int64)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            lo, hi = s * row_bytes, e * row_bytes
+            pos = offset + int(rows[s]) * row_bytes
+            while lo < hi:
+                got = os.preadv(fd, [buf[lo:hi]], pos)
+                if got <= 0:
+                    raise OSError("Unexpected end of %s" % path)
+                lo += got
+                pos += got
+    finally:
+        os.close(fd)
+    if order is not None:
+        back = np.empty_like(out)
+        back[order] = out
+        out = back
+    return out.astype(dtype, copy=False)
 
 
 class NpyWriter(object):

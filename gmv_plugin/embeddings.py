@@ -19,7 +19,7 @@ import fiftyone.core.models as fom
 import fiftyone.core.utils as fou
 from PIL import Image
 
-from gmv_plugin.arrays import NpyWriter
+from gmv_plugin.arrays import NpyWriter, iter_rows
 from gmv_plugin.images import find_unreadable, to_pil
 
 logger = logging.getLogger(__name__)
@@ -392,8 +392,8 @@ def embed_pixel_sets(path_lists, out_paths, embedder=None, workers=None, progres
             if mode == "L":
                 src = np.load(out, mmap_mode="r")
                 with NpyWriter(out, len(src)) as w:
-                    for s in range(0, len(src), 8192):
-                        w.write(s, gray_to_rgb(np.array(src[s : s + 8192])))
+                    for s, rows in iter_rows(src, 8192):
+                        w.write(s, gray_to_rgb(rows))
                 del src
     embedder.resolved = "RGB" if "RGB" in modes else "L"
     return embedder.resolved, failed
