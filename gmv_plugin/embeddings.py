@@ -163,7 +163,9 @@ def resolve_model(model):
     """Returns a FiftyOne model for ``model``: ``"pixels"``, a zoo model
     name, or a :class:`fiftyone.core.models.Model` instance.
 
-    Zoo models are checked for downloaded weights first; nothing is fetched.
+    Zoo models are checked for weights first; missing ones are downloaded
+    when allowed (see :mod:`gmv_plugin.weights`), else
+    :class:`~gmv_plugin.weights.MissingWeightsError` is raised.
     """
     if isinstance(model, fom.Model):
         if not isinstance(model, fom.EmbeddingsMixin) or not model.has_embeddings:
@@ -182,7 +184,7 @@ def resolve_model(model):
                 "(see fiftyone.zoo.list_zoo_models()), or a fiftyone Model "
                 "instance" % (model, BUILTIN_MODELS)
             )
-        check_zoo_model(model)
+        check_zoo_model(model, download=True)
         return foz.load_zoo_model(model)
     raise ValueError(
         "model must be 'pixels', a zoo model name or a fiftyone Model; "

@@ -9,6 +9,8 @@ Index types:
 - ``pq`` / ``ivfpq``: product-quantized codes (``M`` sub-vectors of
   ``2**nbits`` centroids), exhaustive or behind an inverted file.
 - ``auto``: the cheapest of these by :func:`plan_index`'s cost model.
+- ``brain``: recall through an existing FiftyOne Brain similarity index
+  instead (:mod:`gmv_plugin.brain`); nothing here is built.
 
 Approximate indexes re-score a shortlist of ``refine * k`` candidates with
 exact distances read from the training embeddings (``vectors=`` of
@@ -43,7 +45,7 @@ from gmv_plugin import arrays  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-INDEX_TYPES = ("auto", "flat", "ivfflat", "pq", "ivfpq")
+INDEX_TYPES = ("auto", "flat", "ivfflat", "pq", "ivfpq", "brain")
 INDEX_PARAMS = ("M", "nbits", "nlist", "nprobe", "refine", "train_size", "pca", "memory_mb")
 
 #: Memory budget of ``auto``'s index, MiB (``memory_mb`` overrides)
@@ -119,6 +121,11 @@ def check_params(params, index=None, n=None, d=None, index_type=None):
         ValueError: one message naming every bad entry and its allowed range
     """
     index = index if index is not None else index_type
+    if index == "brain":
+        from gmv_plugin import brain as gmvb
+
+        gmvb.check_params(params)
+        return
     if params is None:
         params = {}
     if not isinstance(params, dict):
