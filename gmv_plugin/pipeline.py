@@ -598,7 +598,7 @@ class Valuation(object):
         if brain_key is None and self._model is not None and not (
             self.config.embeddings_field and self._field_complete()
         ):
-            model = gmve.resolve_model(self._model)
+            model = self._resolved_model()
         for part, what, view in (("embed_train", "train", self.train_view),
                                  ("embed_generated", "gen", self.generated_view)):
             if self.entry(part) is not None and not force:
@@ -631,6 +631,16 @@ class Valuation(object):
                 files[label] = self.store.save_array("%s_%s" % (part, label), arr)
             self._put(part, time.perf_counter() - start, files, count=len(ids),
                       side_digest=side.digest, emb=self._emb_digest())
+
+    def _resolved_model(self):
+        """The encoder; a pixel embedder in ``"auto"`` mode follows the mode
+        of the stored training embeddings, so every part of a run has one
+        dimension."""
+        model = gmve.resolve_model(self._model)
+        if isinstance(model, gmve.PixelEmbedder) and model.mode == "auto" and self.entry("embed_train"):
+            d = self._array("embed_train", "emb").shape[1]
+            model.resolved = "L" if d == model.dim("L") else "RGB"
+        return model
 
     def _index_params(self):
         emb = self._array("embed_train", "emb")
@@ -856,7 +866,7 @@ class Valuation(object):
                     batch_size=self.config.batch_size, progress=_stage_progress(progress, "embed"),
                 )
             else:
-                model = None if self._model is None else gmve.resolve_model(self._model)
+                model = None if self._model is None else self._resolved_model()
                 ids, new_emb = gmve.embed_to_file(
                     self.dataset.select(new_ids, ordered=True), tmp, model=model,
                     embeddings_field=self.config.embeddings_field, batch_size=self.config.batch_size,
