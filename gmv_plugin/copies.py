@@ -1,0 +1,203 @@
+"""Near-copy (memorization) flags for generated images.
+
+A generated image is a copy when it is much closer to one training image than
+training images are to each other. Closeness is measured on a *copy
+descriptor* that ignores what a copy may change without becoming a new image:
+
+- position and zoom: the content's bounding box is cropped and resized to a
+  fixed square (shifted and cropped copies);
+- contrast and brightness: the descriptor is the background-subtracted,
+  smoothed content, zero-mean and unit-norm (darker or washed-out copies);
+- light noise: smoothing before thresholding and comparing (noised copies);
+- mirroring: each generated image is compared unflipped and flipped left to
+  right, the closer one counts (flipped copies).
+
+Content is what differs from the image's border (its background), so the
+descriptor suits objects on a plain background (digits, product shots);
+where the content fills the image it reduces to a smoothed, normalized
+thumbnail, still invariant to contrast, noise and mirroring.
+
+The calibration uses the training set itself: each training image's distance
+to its nearest other training image (its own NN distance); see
+:func:`copy_scores`. ``is_copy`` is ``copy_score >= threshold`` (default
+:data:`COPY_THRESHOLD`, chosen with the truth benchmark, ``benchmarks/truth.py``:
+about 0.1% of the demo generators' own images reach it).
+"""
+
+import numpy as np
+from scipy import ndimage
+
+DESCRIPTOR_SIZE = 16
+SMOOTH_SIGMA = 0.7  # pixels at 28x28; scaled with the image size
+CONTENT_THRESHOLD = 0.2  # share of the smoothed content's maximum
+GYRATION_SPAN = 2.0  # the descriptor spans this many radii of gyration each side
+COPY_THRESHOLD = 0.45
+
+
+def copy_descriptor(image, size=DESCRIPTOR_SIZE):
+    """The copy descriptor of one grayscale image.
+
+    Args:
+        image: ``(H, W)`` array, float in [0, 1] or uint8
+        size (16): side of the square descriptor
+
+    Returns:
+        a float32 vector of ``size * size`` values, zero mean, unit norm (all
+        zeros for a blank image)
+    """
+    image = np.asarray(image)
+    x = image.astype(np.float32)
+    if image.dtype == np.uint8:
+        x /= 255.0
+    h, w = x.shape
+    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
+    content = np.abs(x - np.median(border))
+    sigma = SMOOTH_SIGMA * max(h, w) / 28.0
+    smooth = ndimage.gaussian_filter(content, sigma, mode="constant")
+    peak = smooth.max()
+    if peak <= 1e-6:
+        return np.zeros(size * size, np.float32)
+    # content weights above a share of the peak: background noise drops out
+    wgt = np.maximum(smooth - CONTENT_THRESHOLD * peak, 0)
+    total = wgt.sum()
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy, cx = (wgt * yy).sum() / total, (wgt * xx).sum() / total
+    gyr = np.sqrt((wgt * ((yy - cy) ** 2 + (xx - cx) ** 2)).sum() / total)
+    half = max(GYRATION_SPAN * gyr, 1.0)
+    grid = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
+    gy, gx = np.meshgrid(cy + grid * half, cx + grid * half, indexing="ij")
+    d = ndimage.map_coordinates(wgt, [gy, gx], order=1, mode="constant", cval=0.0).ravel()
+    d = d - d.mean()
+    n = np.linalg.norm(d)
+    return (d / n if n > 0 else d).astype(np.float32)
+
+
+def copy_descriptors(images, flip=False, size=DESCRIPTOR_SIZE):
+    """Descriptors (see :func:`copy_descriptor`) of grayscale images: an
+    ``(N, H, W)`` array or a list of ``(H, W)`` arrays of any sizes;
+    ``flip=True`` describes the images mirrored left to right.
+
+    Returns:
+        a float32 ``(N, size * size)`` array
+    """
+    out = np.empty((len(images), size * size), np.float32)
+    for i, im in enumerate(images):
+        im = np.asarray(im)
+        out[i] = copy_descriptor(im[:, ::-1] if flip else im, size)
+    return out
+
+
+def read_gray(paths, max_side=64):
+    """Reads images as a list of float32 ``(H, W)`` grayscale arrays in [0, 1],
+    downscaled so that the longer side is at most ``max_side``."""
+    from PIL import Image
+
+    from gmv_plugin.images import ImageReadError
+
+    out = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im = im.convert("L")
+                if max(im.size) > max_side:
+                    s = max_side / float(max(im.size))
+                    im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), Image.BILINEAR)
+                out.append(np.asarray(im, dtype=np.float32) / 255.0)
+        except (OSError, SyntaxError) as e:
+            raise ImageReadError("Cannot read image %s: %s" % (p, e)) from e
+    return out
+
+
+def nearest(queries, base, k=1, exclude_self=False):
+    """Exact Euclidean nearest neighbours of ``queries`` among ``base`` (FAISS flat).
+
+    With ``exclude_self`` (queries are ``base``), each row's own index is skipped.
+
+    Returns:
+        ``(distances (n, k) float32, indices (n, k) int64)``
+    """
+    import faiss
+
+    index = faiss.IndexFlatL2(base.shape[1])
+    index.add(np.ascontiguousarray(base, dtype=np.float32))
+    kk = k + 1 if exclude_self else k
+    d2, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), kk)
+    d = np.sqrt(np.maximum(d2, 0))
+    if exclude_self:
+        keep = idx != np.arange(len(queries))[:, None]
+        # drop the self match (or the last column when a duplicate took its place)
+        first = np.argmin(keep, axis=1)
+        drop = np.where(keep.all(axis=1), kk - 1, first)
+        mask = np.ones_like(keep)
+        mask[np.arange(len(queries)), drop] = False
+        d = d[mask].reshape(len(queries), k)
+        idx = idx[mask].reshape(len(queries), k)
+    return d.astype(np.float32), idx.astype(np.int64)
+
+
+def copy_scores(gen_desc, gen_desc_flipped, train_desc):
+    """Copy scores of generated images from their descriptors.
+
+    With ``d1`` and ``d2`` the distances from a generated image to its nearest
+    and second-nearest training images, and ``r`` the nearest training
+    image's own distance to its nearest other training image, the score is
+    ``1 - d1 / min(r, d2)``: 1 for an exact copy, about 0 or below for an
+    image as far from its nearest training image as training images are from
+    each other. Dividing by ``r`` calibrates the distance against how crowded
+    that part of the training set is (a generated "1" must be much closer to
+    a training "1" than training "1"s are to each other); dividing by ``d2``
+    asks that the match be unique, as a copy of one image is.
+
+    Args:
+        gen_desc: ``(m, D)`` descriptors of the generated images
+        gen_desc_flipped: ``(m, D)`` descriptors of the mirrored generated
+            images, or None to ignore mirroring
+        train_desc: ``(n, D)`` descriptors of the training images, ``n >= 3``
+
+    Returns:
+        a dict with ``copy_score`` (float64 ``(m,)``), ``nearest`` (int64
+        ``(m,)``: the closest training row), ``distance`` (float32 ``(m,)``:
+        ``d1``), ``flipped`` (bool ``(m,)``: the mirrored image matched
+        closer) and ``train_nn`` (float32 ``(n,)``: each training image's own
+        nearest-neighbour distance ``r``)
+    """
+    if len(train_desc) < 3:
+        raise ValueError("copy scores need at least 3 training images; got %d" % len(train_desc))
+    d, idx = nearest(gen_desc, train_desc, 2)
+    if gen_desc_flipped is not None:
+        df, idf = nearest(gen_desc_flipped, train_desc, 2)
+        flipped = df[:, 0] < d[:, 0]
+        d = np.where(flipped[:, None], df, d)
+        idx = np.where(flipped[:, None], idf, idx)
+    else:
+        flipped = np.zeros(len(d), bool)
+    tnn, _ = nearest(train_desc, train_desc, 1, exclude_self=True)
+    tnn = tnn[:, 0]
+    d1, d2, j = d[:, 0].astype(np.float64), d[:, 1].astype(np.float64), idx[:, 0]
+    unit = np.minimum(tnn[j].astype(np.float64), d2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(unit > 0, d1 / np.where(unit > 0, unit, 1.0), np.where(d1 > 0, np.inf, 0.0))
+    return {
+        "copy_score": 1.0 - ratio,
+        "nearest": j.astype(np.int64),
+        "distance": d[:, 0].astype(np.float32),
+        "flipped": flipped,
+        "train_nn": tnn.astype(np.float32),
+    }
+
+
+def copy_flags(copy_score, nearest_train, num_train, threshold=COPY_THRESHOLD):
+    """``is_copy`` per generated image and ``copied_by`` per training image.
+
+    Args:
+        copy_score: ``(m,)`` copy scores from :func:`copy_scores`
+        nearest_train: ``(m,)`` the closest training row of each generated image
+        num_train: the number of training images
+        threshold (0.45): ``is_copy = copy_score >= threshold``
+
+    Returns:
+        ``(is_copy bool (m,), copied_by int64 (num_train,))``
+    """
+    is_copy = np.asarray(copy_score) >= threshold
+    copied_by = np.bincount(np.asarray(nearest_train)[is_copy], minlength=num_train).astype(np.int64)
+    return is_copy, copied_by
