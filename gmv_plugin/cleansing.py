@@ -120,9 +120,9 @@ def image_statistics(images):
     """No-reference statistics of grayscale images, weight-free.
 
     Args:
-        images: a ``(N, H, W)`` array (uint8 0..255 or float in [0, 1]) or a
-            list of ``(H, W)`` arrays of any sizes (see
-            :func:`gmv_plugin.copies.read_gray`)
+        images: a ``(N, H, W)`` array (uint8 0..255, or float in [0, 1],
+            rounded to 8-bit levels) or a list of ``(H, W)`` arrays of any
+            sizes (see :func:`gmv_plugin.copies.read_gray`)
 
     Returns:
         a float64 ``(N, len(STATISTICS))`` array, columns in :data:`STATISTICS`
@@ -152,6 +152,8 @@ def image_statistics(images):
         x = stack.astype(np.float64)
         if stack.dtype == np.uint8:
             x /= 255.0
+        else:  # 8-bit levels, as images on disk have
+            x = np.round(np.clip(x, 0.0, 1.0) * 255.0) / 255.0
         for s in range(0, len(rows), 2048):
             out[rows[s : s + 2048]] = _statistics_same_size(x[s : s + 2048])
     return out

@@ -88,8 +88,8 @@ def copy_descriptors(images, flip=False, size=DESCRIPTOR_SIZE):
 
 
 def read_gray(paths, max_side=64):
-    """Reads images as a list of float32 ``(H, W)`` grayscale arrays in [0, 1],
-    downscaled so that the longer side is at most ``max_side``."""
+    """Reads images as a list of uint8 ``(H, W)`` grayscale arrays (PIL's "L"
+    conversion), downscaled so that the longer side is at most ``max_side``."""
     from PIL import Image
 
     from gmv_plugin.images import ImageReadError
@@ -102,7 +102,7 @@ def read_gray(paths, max_side=64):
                 if max(im.size) > max_side:
                     s = max_side / float(max(im.size))
                     im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), Image.BILINEAR)
-                out.append(np.asarray(im, dtype=np.float32) / 255.0)
+                out.append(np.asarray(im, dtype=np.uint8))
         except (OSError, SyntaxError) as e:
             raise ImageReadError("Cannot read image %s: %s" % (p, e)) from e
     return out
