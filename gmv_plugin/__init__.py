@@ -17,8 +17,10 @@ Typical use::
 """
 
 from gmv_plugin.embeddings import PixelEmbedder
+from gmv_plugin import store
 from gmv_plugin.images import ImageReadError
 from gmv_plugin.index import INDEX_TYPES, recall_at_k
+from gmv_plugin.locks import RunLockedError
 from gmv_plugin.pipeline import (
     STAGES,
     Valuation,
@@ -41,6 +43,7 @@ from gmv_plugin.navigation import (
 )
 from gmv_plugin.quality import QualityScorer
 from gmv_plugin.report import build_report, report_markdown
+from gmv_plugin.store import cleanup_runs
 from gmv_plugin.rerank import RERANKERS, L2Reranker, Reranker
 from gmv_plugin.runs import (
     GMValuationConfig,

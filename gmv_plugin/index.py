@@ -37,14 +37,37 @@ def resolve_index_type(index, n):
     return "pq" if n <= AUTO_PQ_MAX else "ivfpq"
 
 
-def check_params(params):
-    """Raises if ``params`` has names other than :data:`INDEX_PARAMS`."""
-    unknown = set(params or {}) - set(INDEX_PARAMS)
+def check_params(params, index="auto", n=None, d=None):
+    """Raises a ValueError naming every unknown or out-of-range entry of
+    ``params``; ``n`` (training vectors) and ``d`` (dimension) enable the
+    checks that need them."""
+    if params is None:
+        return
+    if not isinstance(params, dict):
+        raise ValueError("index_params must be a dict; got %r" % (params,))
+    errors = []
+    unknown = set(params) - set(INDEX_PARAMS)
     if unknown:
-        raise ValueError(
-            "Unknown index parameters %s; allowed are %s"
-            % (sorted(unknown), INDEX_PARAMS)
-        )
+        errors.append("Unknown index parameters %s; allowed are %s" % (sorted(unknown), INDEX_PARAMS))
+    nlist = params.get("nlist")
+    highs = {"M": d, "nbits": 16, "nlist": n, "nprobe": nlist if _is_int(nlist) else n}
+    lows = {"M": 1, "nbits": 1, "nlist": 1, "nprobe": 1, "refine": 0, "train_size": 1}
+    for name in INDEX_PARAMS:
+        value = params.get(name)
+        if value is None:
+            continue
+        low, high = lows[name], highs.get(name)
+        if not _is_int(value) or value < low or (high is not None and value > high):
+            span = "between %d and %d inclusive" % (low, high) if high is not None else ">= %d" % low
+            errors.append("index_params %s must be an integer %s; got %r" % (name, span, value))
+        elif name == "M" and d is not None and d % value:
+            errors.append("index_params M=%d must divide the embedding dimension %d" % (value, d))
+    if errors:
+        raise ValueError("; ".join(errors))
+
+
+def _is_int(x):
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 def default_params(index_type, n, d, params=None):

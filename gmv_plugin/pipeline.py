@@ -4,16 +4,18 @@
 (:func:`compute_embeddings`, :func:`build_index`, :func:`recall_contributors`,
 :func:`rerank_contributors`, :func:`score_quality`, :func:`assign_values`) on a
 run created by :func:`init_valuation`, so operators can run them separately.
-Intermediate arrays live in the run's directory with a fingerprint of what
-produced them: a stage whose inputs and parameters are unchanged is reloaded,
-not recomputed (e.g. changing only the re-ranker keeps embeddings and index).
-Fields are written only by the last stage, in bulk.
+Intermediate arrays live in the run's store (:mod:`gmv_plugin.store`) with a
+fingerprint of what produced them: a stage whose inputs and parameters are
+unchanged is reloaded, not recomputed (e.g. changing only the re-ranker keeps
+embeddings and index). Every call holds the run's lock and changes the run
+in one atomic commit; fields are written only by the last stage.
 """
 
 import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 
 import numpy as np
@@ -24,6 +26,9 @@ from gmv_plugin import index as gmvi
 from gmv_plugin import quality as gmvq
 from gmv_plugin import rerank as gmvr
 from gmv_plugin import runs as gmvruns
+from gmv_plugin import store as gmvstore
+from gmv_plugin import validation as gmvval
+from gmv_plugin.faults import crashpoint
 from gmv_plugin.images import ImageReadError
 from gmv_plugin.valuation import accumulate_values, contribution_scores, resolve_temperature
 
@@ -86,26 +91,14 @@ def compute_values(
     Returns:
         a :class:`gmv_plugin.runs.GMValuationResults`
     """
-    valuation = init_valuation(
-        train_view,
-        generated_view,
-        key=key,
-        model=model,
-        embeddings_field=embeddings_field,
-        index=index,
-        index_params=index_params,
-        rerank=rerank,
-        rerank_params=rerank_params,
-        quality=quality,
-        quality_params=quality_params,
-        k=k,
-        recall_k=recall_k,
-        temperature=temperature,
-        batch_size=batch_size,
-        overwrite=overwrite,
-        _register=False,  # registered when it succeeds; a failure keeps the old run
-    )
-    return valuation.run(progress=progress)
+    params = dict(locals())
+    for name in ("train_view", "generated_view", "key", "overwrite", "progress"):
+        params.pop(name)
+    dataset = train_view._root_dataset
+    gmvval.check_key(dataset, key, overwrite=overwrite)
+    with gmvstore.writing(dataset, key, "compute_values") as lock:
+        valuation = _prepare(train_view, generated_view, key, overwrite, params, progress=progress)
+        return valuation.run(progress=progress, lock=lock)
 
 
 def init_valuation(
@@ -126,61 +119,79 @@ def init_valuation(
     batch_size=64,
     overwrite=False,
     _generated_added=None,
-    _register=True,
 ):
     """Validates the inputs and registers a run, without computing anything.
 
     Takes the arguments of :func:`compute_values` and returns a
-    :class:`Valuation` whose stages can be run one by one.
+    :class:`Valuation` whose stages can be run one by one (e.g. with
+    :func:`compute_embeddings`, then :func:`build_index`, ...).
     """
+    params = dict(locals())
+    for name in ("train_view", "generated_view", "key", "overwrite", "_generated_added"):
+        params.pop(name)
     dataset = train_view._root_dataset
-    _validate_views(train_view, generated_view)
-    _validate_key(dataset, key, overwrite)
+    gmvval.check_key(dataset, key, overwrite=overwrite)
+    with gmvstore.writing(dataset, key, "init_valuation") as lock:
+        valuation = _prepare(train_view, generated_view, key, overwrite, params, _generated_added)
+        valuation.commit(lock, reused=[])
+    return valuation
 
-    n_train = len(train_view)
-    k = _validate_int("k", k, 1, n_train, "the number of training samples")
-    recall_k = k if recall_k is None else recall_k
-    recall_k = _validate_int("recall_k", recall_k, k, n_train, "the number of training samples")
-    temperature = temperature if temperature == "auto" else resolve_temperature(None, temperature)
-    gmvi.resolve_index_type(index, n_train)
-    gmvi.check_params(index_params)
 
+def _prepare(train_view, generated_view, key, overwrite, params, generated_added=None, progress=None):
+    """Validates everything before any work; returns an unregistered
+    :class:`Valuation`."""
+    dataset = train_view._root_dataset
+    train_ids, gen_ids = _validate_views(train_view, generated_view)
+    gmvval.check_key(dataset, key, overwrite=overwrite)
+    p = params
+    gmvval.check_params(
+        n_train=len(train_ids), k=p["k"], recall_k=p["recall_k"], temperature=p["temperature"],
+        index=p["index"], index_params=p["index_params"], rerank=p["rerank"],
+        rerank_params=p["rerank_params"], quality=p["quality"], quality_params=p["quality_params"],
+        batch_size=p["batch_size"], embeddings_field=p["embeddings_field"], progress=progress,
+        dim=_known_dim(p["model"]),
+    )
+    model = p["model"]
+    if model is None and p["embeddings_field"] is None:
+        raise ValueError("Provide a model, or model=None with an existing embeddings_field")
     if isinstance(model, str) and model not in gmve.BUILTIN_MODELS:
         gmve.resolve_model(model)  # fails fast on unknown names, missing weights
-    reranker = gmvr.get_reranker(rerank, **(rerank_params or {}))
+    reranker = gmvr.get_reranker(p["rerank"], **(p["rerank_params"] or {}))
     if reranker is not None:
         reranker.check()
-    scorer = gmvq.get_quality(quality, **(quality_params or {}))
+    scorer = gmvq.get_quality(p["quality"], **(p["quality_params"] or {}))
     if isinstance(scorer, gmvq.QualityScorer):
         scorer.check()
-
-    _check_files(train_view, "training")
-    _check_files(generated_view, "generated")
-
+    temperature = p["temperature"]
     config = gmvruns.GMValuationConfig(
         train_view=json.dumps(train_view._serialize()),
         generated_view=json.dumps(generated_view._serialize()),
         model=gmve.model_config(model),
-        embeddings_field=embeddings_field,
-        index=index,
-        index_params=dict(index_params or {}),
+        embeddings_field=p["embeddings_field"],
+        index=p["index"],
+        index_params=dict(p["index_params"] or {}),
         rerank=reranker.config() if reranker is not None else {"name": "none"},
         quality=_quality_config(scorer),
-        k=k,
-        recall_k=recall_k,
-        temperature=temperature,
-        batch_size=int(batch_size),
-        generated_added=list(_generated_added or []),
+        k=p["k"],
+        recall_k=p["k"] if p["recall_k"] is None else p["recall_k"],
+        temperature=temperature if temperature == "auto" else float(temperature),
+        batch_size=int(p["batch_size"]),
+        generated_added=list(generated_added or []),
     )
-    if _register:
-        dataset.register_run(key, config, overwrite=overwrite, cleanup=False)
     return Valuation(dataset, key, config=config, model=model, reranker=reranker, scorer=scorer)
 
 
+def _known_dim(model):
+    """The embedding dimension when it is known without running the model."""
+    if model == "pixels":
+        model = gmve.PixelEmbedder()
+    if isinstance(model, gmve.PixelEmbedder):
+        return model.size * model.size * (1 if model.mode == "L" else 3)
+    return None
 def load_valuation(samples, key, **updates):
     """Loads run ``key`` for running stages, applying config ``updates``
     (e.g. ``rerank="l2"``) with the same validation as :func:`init_valuation`.
-    """
+    Call it holding the run's lock (:func:`gmv_plugin.store.writing`)."""
     dataset = samples._root_dataset
     config = gmvruns.get_run_config(dataset, key)
     params = {
@@ -205,12 +216,13 @@ def load_valuation(samples, key, **updates):
         params["rerank"] = config.rerank["name"]
     if "quality_params" in updates and "quality" not in updates:
         params["quality"] = config.quality["name"]
+    if "k" in updates and "recall_k" not in updates and config.recall_k == config.k:
+        params["recall_k"] = None
     params.update(updates)
     train_view = gmvruns.train_view(dataset, config)
     generated_view = gmvruns._load_view(dataset, config.generated_view)
-    return init_valuation(
-        train_view, generated_view, key=key, overwrite=True,
-        _generated_added=getattr(config, "generated_added", None), **params
+    return _prepare(
+        train_view, generated_view, key, True, params, getattr(config, "generated_added", None)
     )
 
 
@@ -231,143 +243,250 @@ def _quality_config(scorer):
 
 
 def _validate_views(train_view, generated_view):
+    """Checks the two sample sets; returns their ids."""
     if train_view._root_dataset is not generated_view._root_dataset:
         raise ValueError(
             "train_view and generated_view must come from the same dataset; got "
             "%r and %r" % (train_view._root_dataset.name, generated_view._root_dataset.name)
         )
-    if len(train_view) == 0:
+    train_ids = train_view.values("id")
+    if not train_ids:
         raise ValueError("train_view is empty")
-    if len(generated_view) == 0:
+    gen_ids = generated_view.values("id")
+    if not gen_ids:
         raise ValueError("generated_view is empty")
-    overlap = set(train_view.values("id")) & set(generated_view.values("id"))
+    overlap = set(train_ids).intersection(gen_ids)
     if overlap:
         raise ValueError(
             "%d samples are in both train_view and generated_view, e.g. %s"
             % (len(overlap), sorted(overlap)[:3])
         )
-
-
-def _validate_key(dataset, key, overwrite):
-    if not isinstance(key, str) or not key.isidentifier():
-        raise ValueError("key must be a valid Python identifier; got %r" % (key,))
-    if key in dataset.list_runs():
-        if key not in gmvruns.list_runs(dataset):
-            raise ValueError("Run key %r is used by a run of another kind" % key)
-        if not overwrite:
-            raise ValueError(
-                "A GMValuator run with key %r already exists on dataset %r; "
-                "pass overwrite=True or choose another key" % (key, dataset.name)
-            )
-
-
-def _validate_int(name, value, low, high, high_name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError("%s must be an integer; got %r" % (name, value))
-    if value < low or value > high:
-        raise ValueError(
-            "%s=%d must be between %d and %s (%d)" % (name, value, low, high_name, high)
-        )
-    return int(value)
-
-
-def _check_files(view, what):
-    missing = [p for p in view.values("filepath") if not os.path.isfile(p)]
-    if missing:
-        raise ImageReadError(
-            "%d %s image files are missing, e.g. %s" % (len(missing), what, missing[:5])
-        )
+    return train_ids, gen_ids
 
 
 def _digest(obj):
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-class Valuation(object):
-    """A registered run whose stages can be computed one at a time.
+class SampleSet(object):
+    """One side of a run (training or generated) as stored arrays see it:
+    ids, file paths and per-sample keys (id, path, file size and mtime) in
+    array row order. ``alive`` masks rows whose samples were deleted since
+    (None: all alive)."""
 
-    Each stage stores its outputs in the run directory together with a
-    fingerprint of its parameters and inputs; :meth:`run` skips stages whose
-    fingerprint is unchanged.
+    def __init__(self, ids, paths, keys, alive=None):
+        self.ids = np.asarray(ids, dtype=object)
+        self.paths = np.asarray(paths, dtype=object)
+        self.keys = np.asarray(keys, dtype=np.uint64)
+        self.alive = alive
+        self.digest = hashlib.sha1(np.sort(self.keys).tobytes()).hexdigest()
+
+    @classmethod
+    def read(cls, view, what, stat=True):
+        """Reads ids and paths once; with ``stat``, every file must exist and
+        its size and mtime enter the keys (edited images count as changed)."""
+        ids, paths = view.values(["id", "filepath"])
+        keys = np.empty(len(ids), dtype=np.uint64)
+        missing = []
+        for i, (sid, path) in enumerate(zip(ids, paths)):
+            if stat:
+                try:
+                    st = os.stat(path)
+                    sig = "%s|%s|%d|%d" % (sid, path, st.st_size, st.st_mtime_ns)
+                except OSError:
+                    missing.append(path)
+                    continue
+            else:
+                sig = "%s|%s" % (sid, path)
+            keys[i] = int.from_bytes(hashlib.blake2b(sig.encode(), digest_size=8).digest(), "little")
+        if missing:
+            raise ImageReadError(
+                "%d %s image files are missing, e.g. %s" % (len(missing), what, missing[:5])
+            )
+        return cls(ids, paths, keys)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def alive_rows(self):
+        return np.arange(len(self)) if self.alive is None else np.flatnonzero(self.alive)
+
+
+PARTS = ("embed_train", "embed_generated", "index", "recall", "rerank", "quality", "values")
+
+
+def _parts(stage):
+    """The manifest entries of a stage: embedding has one per sample set."""
+    return ("embed_train", "embed_generated") if stage == "embed" else (stage,)
+
+
+class Valuation(object):
+    """A run whose stages can be computed one at a time.
+
+    Stage outputs are immutable files of the run's :class:`RunStore`, each
+    recorded with a fingerprint of its parameters and inputs; a stage whose
+    fingerprint is found is reused. Nothing becomes part of the run until
+    :meth:`commit`.
     """
 
-    def __init__(self, dataset, key, config=None, model=None, reranker=None, scorer=None):
+    def __init__(self, dataset, key, config, model=None, reranker=None, scorer=None):
         self.dataset = dataset
         self.key = key
-        self.config = config or gmvruns.get_run_config(dataset, key)
-        self.dir = gmvruns.run_dir(dataset, key)
-        os.makedirs(self.dir, exist_ok=True)
+        self.config = config
         self._model = model
         self.reranker = reranker
         self.scorer = scorer
-        self.train_view = gmvruns.train_view(dataset, self.config)
-        self.generated_view = gmvruns.generated_view(dataset, self.config)
-        self._state_path = os.path.join(self.dir, "state.json")
-        self.state = self._read_state()
+        self.store = gmvstore.RunStore(dataset, key)
+        self.manifest = self.store.manifest()
+        self._adopt_cloned_arrays()
+        self.pending = {}
+        self._staged = None
+        self.train_view = gmvruns.train_view(dataset, config)
+        self.generated_view = gmvruns.generated_view(dataset, config)
+        stat = self._needs_images()
+        self.train = self._resolve("embed_train", SampleSet.read(self.train_view, "training", stat))
+        self.gen = self._resolve("embed_generated", SampleSet.read(self.generated_view, "generated", stat))
 
-    # state -----------------------------------------------------------------
+    # inputs ----------------------------------------------------------------
 
-    def _read_state(self):
-        if os.path.isfile(self._state_path):
-            with open(self._state_path) as f:
-                return json.load(f)
-        return {}
+    def _needs_images(self):
+        c = self.config
+        embeds = c.model.get("name") is not None and not (c.embeddings_field and self._field_complete())
+        return embeds or c.rerank["name"] != "none" or c.quality["name"] not in gmvq.QUALITY_BUILTINS
 
-    def _write_state(self):
-        tmp = self._state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.state, f, indent=1)
-        os.replace(tmp, self._state_path)
+    def _field_complete(self):
+        field = self.config.embeddings_field
+        for view in (self.train_view, self.generated_view):
+            if not view.has_field(field) or view.exists(field, False).count():
+                return False
+        return True
 
-    def _path(self, name):
-        return os.path.join(self.dir, name)
+    def _emb_digest(self):
+        return _digest({"model": self.config.model, "embeddings_field": self.config.embeddings_field})
 
-    def _view_digest(self, which):
-        """Digest of a view's samples and their files (path, size, mtime), so
-        that edited images are embedded again."""
-        cache = self.__dict__.setdefault("_digests", {})
-        if which not in cache:
-            view = self.train_view if which == "train" else self.generated_view
-            ids, paths = view.values(["id", "filepath"])
-            stats = []
-            for p in paths:
+    def _resolve(self, part, current):
+        """The stored side ``current`` matches: the same samples, or a subset
+        of them (deleted samples are masked, not recomputed)."""
+        for entry in self._entries(part):
+            if entry.get("emb") != self._emb_digest():
+                continue
+            if entry.get("side_digest") == current.digest:
+                alive = None
+            else:
+                stored_keys = self.store.load_array(entry["files"]["keys"], mmap=False)
+                if not np.isin(current.keys, stored_keys).all():
+                    continue
+                alive = np.isin(stored_keys, current.keys)
+                logger.info("Run %r: %d samples of %s were deleted since it was computed; "
+                            "they are left out", self.key, int((~alive).sum()), part[6:])
+            side = SampleSet(
+                self.store.load_array(entry["files"]["ids"], mmap=False),
+                self.store.load_array(entry["files"]["paths"], mmap=False),
+                self.store.load_array(entry["files"]["keys"], mmap=False),
+                alive=alive,
+            )
+            side.digest = entry["side_digest"]
+            return side
+        return current
+
+    def _entries(self, part):
+        out = []
+        if part in self.__dict__.get("pending", {}):
+            out.append(self.pending[part])
+        for section in ("stages", "pending"):
+            entry = self.manifest[section].get(part)
+            if entry is not None:
+                out.append(entry)
+        return out
+
+    def _adopt_cloned_arrays(self):
+        """A cloned dataset's run starts with the source run's arrays."""
+        if self.manifest["stages"] or self.key not in gmvruns.list_runs(self.dataset):
+            return
+        source = self._source_dataset_id()
+        if source is None:
+            return
+        src = os.path.join(gmvstore.dataset_dir(source), self.key)
+        if not os.path.isfile(os.path.join(src, gmvstore.MANIFEST)):
+            return
+        manifest = gmvstore.read_json(os.path.join(src, gmvstore.MANIFEST))
+        os.makedirs(self.store.dir, exist_ok=True)
+        for name in self.store.referenced({"stages": manifest["stages"]}) - {gmvstore.MANIFEST}:
+            dst = self.store.path(name)
+            if not os.path.exists(dst):
                 try:
-                    st = os.stat(p)
-                    stats.append((st.st_size, st.st_mtime_ns))
+                    os.link(os.path.join(src, name), dst)
                 except OSError:
-                    stats.append(None)
-            cache[which] = _digest([ids, paths, stats])
-        return cache[which]
+                    shutil.copy2(os.path.join(src, name), dst)
+        manifest["pending"] = {}
+        self.store.write_manifest(manifest)
+        self.manifest = manifest
+        logger.info("Run %r: using the arrays of the dataset it was cloned from (%s)", self.key, source)
+
+    def _source_dataset_id(self):
+        try:
+            results = self.dataset.load_run_results(self.key, cache=False)
+        except Exception:
+            return None
+        source = getattr(results, "dataset_id", None)
+        return source if source and source != str(self.dataset._doc.id) else None
 
     def _fingerprints(self):
         c = self.config
-        train_ids = self._view_digest("train")
-        gen_ids = self._view_digest("generated")
         fp = {}
-        emb = {"model": c.model, "embeddings_field": c.embeddings_field}
-        fp["embed_train"] = _digest([emb, train_ids])
-        fp["embed_generated"] = _digest([emb, gen_ids])
+        fp["embed_train"] = _digest([self._emb_digest(), self.train.digest])
+        fp["embed_generated"] = _digest([self._emb_digest(), self.gen.digest])
         fp["index"] = _digest([fp["embed_train"], c.index, c.index_params])
         fp["recall"] = _digest([fp["index"], fp["embed_generated"], c.recall_k])
         fp["rerank"] = _digest([fp["recall"], c.rerank, c.k])
-        fp["quality"] = _digest([fp["rerank"] if c.quality["name"] == "realism" else fp["embed_generated"], c.quality])
+        base = fp["rerank"] if c.quality["name"] == "realism" else fp["embed_generated"]
+        fp["quality"] = _digest([base, c.quality])
         fp["values"] = _digest([fp["rerank"], fp["quality"], c.temperature])
         return fp
 
+    def entry(self, part):
+        """The stored output of ``part`` for the current inputs, or None."""
+        fp = self._fingerprints()[part]
+        for entry in self._entries(part):
+            if entry.get("fingerprint") == fp:
+                return entry
+        return None
+
     def is_fresh(self, stage):
         """Whether ``stage``'s stored outputs match the current inputs."""
-        fps = self._fingerprints()
-        return all(self.state.get(n, {}).get("fingerprint") == fps[n] for n in _parts(stage))
+        return all(self.entry(p) is not None for p in _parts(stage))
 
-    def _done(self, name, fingerprint, seconds, **info):
-        self.state[name] = dict(fingerprint=fingerprint, seconds=seconds, **info)
-        self._write_state()
+    def _require(self, stage):
+        if self.is_fresh(stage):
+            return
+        source = self._source_dataset_id() if not self.manifest["stages"] else None
+        if source is not None:
+            raise ValueError(
+                "Run %r was cloned from dataset %s, whose arrays are gone; its fields are "
+                "intact. Recompute it with compute_values(..., overwrite=True) or stage by "
+                "stage from 'embed' (stages in order: %s)" % (self.key, source, STAGES)
+            )
+        raise ValueError(
+            "Stage %r of run %r is missing or out of date (its inputs or parameters "
+            "changed, e.g. training samples were added or edited); run it first "
+            "(stages in order: %s)" % (stage, self.key, STAGES)
+        )
+
+    def _put(self, part, seconds, files, **info):
+        entry = dict(fingerprint=self._fingerprints()[part], seconds=seconds, files=files, **info)
+        self.store.add_pending(part, entry)
+        self.pending[part] = entry
+        crashpoint("stage." + part)
+        return entry
+
+    def _array(self, part, name, mmap=True):
+        return self.store.load_array(self.entry(part)["files"][name], mmap=mmap)
 
     # running ---------------------------------------------------------------
 
-    def run(self, stages=None, force=False, progress=None):
+    def run(self, stages=None, force=False, progress=None, lock=None):
         """Runs ``stages`` (default: all, in order), skipping fresh ones unless
-        ``force``, and returns the run's results."""
+        ``force``, commits and returns the run's results."""
         stages = STAGES if stages is None else stages
         for stage in stages:
             if stage not in STAGES:
@@ -378,95 +497,127 @@ class Valuation(object):
                 logger.info("Reusing %s stage of run %r", stage, self.key)
                 reused.append(stage)
                 continue
-            if force:
-                for part in _parts(stage):
-                    self.state.pop(part, None)
-            getattr(self, "_stage_" + stage)(progress=_stage_progress(progress, stage))
-        return self._save_results(reused)
+            getattr(self, "_stage_" + stage)(progress=_stage_progress(progress, stage), force=force)
+        return self.commit(lock, reused)
 
-    def _require(self, stage):
-        if not self.is_fresh(stage):
-            raise ValueError(
-                "Stage %r of run %r is missing or out of date; run it first "
-                "(stages in order: %s)" % (stage, self.key, STAGES)
-            )
+    def commit(self, lock, reused):
+        """Makes the current config, the fresh stage outputs and any staged
+        fields the run, atomically; returns the results."""
+        if lock is None:
+            raise ValueError("commit needs the run's lock (gmv_plugin.store.writing)")
+        stages = {p: self.entry(p) for p in PARTS if self.entry(p) is not None}
+        results = self._results(stages, reused)
+        staging, fields = self._staged or (None, None)
+        gmvstore.commit(
+            self.dataset, self.key, lock, {"stages": stages}, self.config,
+            results.serialize(), staging=staging, fields=fields,
+        )
+        self.manifest = self.store.manifest()
+        self.pending = {}
+        self._staged = None
+        return gmvruns.load_results(self.dataset, self.key)
 
-    def _timed(self, stage, fn, progress):
-        fingerprint = self._fingerprints()[stage]
+    def _results(self, stages, reused):
+        timings = {
+            s: float(sum(stages[p]["seconds"] for p in _parts(s) if p in stages)) for s in STAGES
+        }
+        index = stages.get("index", {})
+        values = stages.get("values", {})
+        return gmvruns.GMValuationResults(
+            self.dataset, self.config, self.key,
+            timings=timings,
+            reused=reused,
+            num_train=int(values.get("num_train", len(self.train.alive_rows()))),
+            num_generated=int(values.get("num_generated", len(self.gen.alive_rows()))),
+            num_contributing=values.get("num_contributing"),
+            index_type=index.get("index_type"),
+            index_params=index.get("index_params"),
+            quality_summary=stages.get("quality", {}).get("summary"),
+            temperature=values.get("temperature"),
+            dataset_id=str(self.dataset._doc.id),
+        )
+
+    def _timed(self, part, fn, progress):
         start = time.perf_counter()
-        info = fn(progress) or {}
-        self._done(stage, fingerprint, time.perf_counter() - start, **info)
+        files, info = fn(progress)
+        return self._put(part, time.perf_counter() - start, files, **info)
 
-    def _stage_embed(self, progress=None):
+    # stages ------------------------------------------------------------------
+
+    def _stage_embed(self, progress=None, force=False):
         model = None
-        if self._model is not None and not (
-            self.config.embeddings_field and self._field_complete()
-        ):
+        if self._model is not None and not (self.config.embeddings_field and self._field_complete()):
             model = gmve.resolve_model(self._model)
-        fps = self._fingerprints()
-        for name, view in (("embed_train", self.train_view), ("embed_generated", self.generated_view)):
-            if self.state.get(name, {}).get("fingerprint") == fps[name]:
+        for part, what, view in (("embed_train", "train", self.train_view),
+                                 ("embed_generated", "gen", self.generated_view)):
+            if self.entry(part) is not None and not force:
                 continue
+            side = getattr(self, what)
+            if side.alive is not None:  # a stored subset: embed what is there now
+                side = SampleSet.read(view, what, self._needs_images())
+                setattr(self, what, side)
             start = time.perf_counter()
-            ids, _ = gmve.embed_to_file(
-                view, self._path(name + ".npy"), model=model,
-                embeddings_field=self.config.embeddings_field,
+            name, tmp = self.store.new_file(part, ".npy")
+            ids, emb = gmve.embed_to_file(
+                view, tmp, model=model, embeddings_field=self.config.embeddings_field,
                 batch_size=self.config.batch_size, progress=progress,
             )
-            np.save(self._path(name + "_ids.npy"), np.array(ids))
-            self._done(name, fps[name], time.perf_counter() - start, count=len(ids))
-
-    def _field_complete(self):
-        field = self.config.embeddings_field
-        for view in (self.train_view, self.generated_view):
-            if not view.has_field(field) or view.exists(field, False).count():
-                return False
-        return True
-
-    def _embeddings(self, which):
-        return np.load(self._path("embed_%s.npy" % which), mmap_mode="r")
-
-    def _ids(self, which):
-        return np.load(self._path("embed_%s_ids.npy" % which))
+            if list(ids) != side.ids.tolist():
+                raise RuntimeError("The %s samples changed while they were embedded; try again" % what)
+            _check_finite(emb, side.ids)
+            del emb
+            files = {"emb": self.store.seal(name)}
+            for label, arr in (("ids", side.ids.astype(str)), ("paths", side.paths.astype(str)), ("keys", side.keys)):
+                files[label] = self.store.save_array("%s_%s" % (part, label), arr)
+            self._put(part, time.perf_counter() - start, files, count=len(ids),
+                      side_digest=side.digest, emb=self._emb_digest())
 
     def _index_params(self):
-        emb = self._embeddings("train")
+        emb = self._array("embed_train", "emb")
         itype = gmvi.resolve_index_type(self.config.index, emb.shape[0])
         return itype, gmvi.default_params(itype, emb.shape[0], emb.shape[1], self.config.index_params)
 
-    def _stage_index(self, progress=None):
+    def _stage_index(self, progress=None, force=False):
         self._require("embed")
 
         def build(progress):
-            emb = self._embeddings("train")
             itype, params = self._index_params()
-            index = gmvi.build_index(emb, itype, params, progress=progress)
-            gmvi.save_index(index, self._path("index.faiss"))
-            return {"index_type": itype, "index_params": params}
+            index = gmvi.build_index(self._array("embed_train", "emb"), itype, params, progress=progress)
+            name, tmp = self.store.new_file("index", ".faiss")
+            gmvi.save_index(index, tmp)
+            return {"index": self.store.seal(name)}, {"index_type": itype, "index_params": params}
 
         self._timed("index", build, progress)
 
-    def _stage_recall(self, progress=None):
+    def _stage_recall(self, progress=None, force=False):
         self._require("index")
 
         def recall(progress):
-            dists, idx = self._recall(self._embeddings("generated"))
-            np.savez(self._path("recall.npz"), dists=dists, idx=idx)
+            dists, idx = self._recall(self._array("embed_generated", "emb"))
+            return self._save(recall=(dists, idx)), {}
 
         self._timed("recall", recall, progress)
 
-    def _stage_rerank(self, progress=None):
+    def _save(self, **pairs):
+        files = {}
+        for label, (dists, idx) in pairs.items():
+            files["dists"] = self.store.save_array(label + "_dists", dists)
+            files["idx"] = self.store.save_array(label + "_idx", idx)
+        return files
+
+    def _stage_rerank(self, progress=None, force=False):
         self._require("recall")
 
         def rerank(progress):
-            rec = np.load(self._path("recall.npz"))
-            gen_paths = self.generated_view.values("filepath")
-            dists, idx = self._rerank(rec["dists"], rec["idx"], gen_paths, progress)
-            np.savez(self._path("rerank.npz"), dists=dists, idx=idx)
+            dists, idx = self._rerank(
+                self._array("recall", "dists", mmap=False), self._array("recall", "idx", mmap=False),
+                self.gen.paths, progress,
+            )
+            return self._save(rerank=(dists, idx)), {}
 
         self._timed("rerank", rerank, progress)
 
-    def _stage_quality(self, progress=None):
+    def _stage_quality(self, progress=None, force=False):
         self._require("embed")
         if self.config.quality["name"] == "realism":
             self._require("recall")
@@ -474,33 +625,87 @@ class Valuation(object):
         def score(progress):
             rec = None
             if self.config.quality["name"] == "realism":
-                rec = np.load(self._path("recall.npz"))
-            gen_paths = self.generated_view.values("filepath")
-            q = self._quality(gen_paths, rec, progress)
-            np.save(self._path("quality.npy"), q)
-            return {"summary": _summary(q)}
+                rec = {"dists": self._array("recall", "dists", mmap=False),
+                       "idx": self._array("recall", "idx", mmap=False)}
+            q = self._quality(self.gen.paths, rec, progress)
+            return {"q": self.store.save_array("quality", q)}, {"summary": _summary(q)}
 
         self._timed("quality", score, progress)
+
+    def _stage_values(self, progress=None, force=False):
+        self._require("rerank")
+        self._require("quality")
+
+        def assign(progress):
+            dists = self._array("rerank", "dists", mmap=False)
+            idx = self._array("rerank", "idx", mmap=False)
+            q = self._array("quality", "q", mmap=False)
+            tau = resolve_temperature(dists, self.config.temperature)
+            out = compute_credit(dists, idx, q, tau, len(self.train), self.train.alive, self.gen.alive)
+            self._staged = self._stage_fields(out, dists, idx, q, progress)
+            files = {
+                "values": self.store.save_array("values", out["values"]),
+                "hits": self.store.save_array("hits", out["hits"]),
+            }
+            info = {
+                "temperature": tau,
+                "num_contributing": int((out["hits"] > 0).sum()),
+                "num_train": int(len(self.train.alive_rows())),
+                "num_generated": int(len(self.gen.alive_rows())),
+            }
+            return files, info
+
+        self._timed("values", assign, progress)
+
+    def _stage_fields(self, out, dists, idx, q, progress):
+        train_rows = self.train.alive_rows()
+        gen_rows = self.gen.alive_rows()
+        train_ids = self.train.ids
+        contributors, distances, scores = _contributor_lists(
+            train_ids, idx[gen_rows], dists[gen_rows], out["scores"][gen_rows], out["kept"][gen_rows]
+        )
+        parts = [
+            (train_ids[train_rows].tolist(), {
+                "value": out["values"][train_rows], "hits": out["hits"][train_rows],
+            }),
+            (self.gen.ids[gen_rows].tolist(), {
+                "contributors": contributors, "distances": distances, "scores": scores,
+                "quality": q[gen_rows].astype(float),
+            }),
+        ]
+        with fou.ProgressBar(total=len(train_rows) + len(gen_rows), progress=progress) as pb:
+            staging = gmvstore.stage_fields(self.dataset, self.key, parts)
+            pb.update(len(train_rows) + len(gen_rows))
+        fields = ["%s_%s" % (self.key, s) for _, cols in parts for s in cols]
+        return staging, fields
 
     # array-level steps, shared by the stages and by incremental updates -----
 
     def _recall(self, gen_emb):
-        index = gmvi.load_index(self._path("index.faiss"))
+        index = gmvi.load_index(self.store.path(self.entry("index")["files"]["index"]))
         _, params = self._index_params()
         return gmvi.search(index, gen_emb, self.config.recall_k, params)
 
     def _rerank(self, dists, idx, gen_paths, progress, chunk=256):
-        """Re-ranks recalled candidates and keeps the best ``k`` per row."""
+        """Re-ranks recalled candidates and keeps the best ``k`` per row;
+        candidates whose training samples were deleted go last."""
+        alive = self.train.alive
         if self.reranker is not None:
-            train_paths = np.array(self.train_view.values("filepath"), dtype=object)
+            train_paths = self.train.paths
             dists = np.empty(idx.shape, dtype=np.float32)
             with fou.ProgressBar(total=len(idx), progress=progress) as pb:
                 for s in range(0, len(idx), chunk):
                     rows = idx[s : s + chunk]
+                    cand = train_paths[rows]
+                    if alive is not None:  # deleted samples' files may be gone
+                        dead = ~alive[rows]
+                        cand = np.where(dead, np.asarray(gen_paths[s : s + len(rows)], dtype=object)[:, None], cand)
                     dists[s : s + len(rows)] = self.reranker.distances(
-                        gen_paths[s : s + len(rows)], train_paths[rows].tolist()
+                        list(gen_paths[s : s + len(rows)]), cand.tolist()
                     )
                     pb.update(len(rows))
+        if alive is not None:
+            dists = np.where(alive[idx], dists, np.inf).astype(np.float32)
         order = np.argsort(dists, axis=1, kind="stable")[:, : self.config.k]
         return np.take_along_axis(dists, order, axis=1), np.take_along_axis(idx, order, axis=1)
 
@@ -513,7 +718,7 @@ class Valuation(object):
         out = np.empty(len(gen_paths), dtype=np.float32)
         with fou.ProgressBar(total=len(gen_paths), progress=progress) as pb:
             for s in range(0, len(gen_paths), chunk):
-                batch = gen_paths[s : s + chunk]
+                batch = list(gen_paths[s : s + chunk])
                 out[s : s + len(batch)] = self.scorer.scores(batch)
                 pb.update(len(batch))
         return np.maximum(out, 0)
@@ -521,9 +726,9 @@ class Valuation(object):
     def _realism(self, dists, idx):
         """Realism from the recalled candidates' k-NN radii (see
         :func:`gmv_plugin.quality.realism_scores`)."""
-        index = gmvi.load_index(self._path("index.faiss"))
+        index = gmvi.load_index(self.store.path(self.entry("index")["files"]["index"]))
         _, params = self._index_params()
-        emb = self._embeddings("train")
+        emb = self._array("embed_train", "emb")
         rows = np.unique(idx)
         k = min(REALISM_K + 1, emb.shape[0])
         radii, _ = gmvi.search(index, emb[rows], k, params)
@@ -531,142 +736,134 @@ class Valuation(object):
         lookup[rows] = radii[:, -1]
         return gmvq.realism_scores(dists, lookup[idx])
 
-    def update(self, generated_view, progress=None):
+    def update(self, generated_view, progress=None, lock=None):
         """Adds the samples of ``generated_view`` that the run has not valued
-        yet: embeds, recalls, re-ranks and scores only those, then recomputes
-        the values from all generated samples (Eq. 3 is a sum over them, so
-        the result equals a full recomputation)."""
+        yet: embeds, recalls, re-ranks and scores only those, drops generated
+        samples deleted since, then recomputes the values from all generated
+        samples (Eq. 3 is a sum over them, so the result equals a full
+        recomputation)."""
+        if generated_view._root_dataset is not self.dataset:
+            raise ValueError(
+                "generated_view must come from dataset %r; got a view of %r"
+                % (self.dataset.name, generated_view._root_dataset.name)
+            )
+        view_ids = generated_view.values("id")
+        in_train = set(view_ids).intersection(self.train.ids[self.train.alive_rows()].tolist())
+        if in_train:
+            raise ValueError(
+                "generated_view contains %d training samples of run %r, e.g. %s"
+                % (len(in_train), self.key, sorted(in_train)[:3])
+            )
         for stage in STAGES[:-1]:
             self._require(stage)
-        if generated_view._root_dataset is not self.dataset:
-            raise ValueError("generated_view must come from dataset %r" % self.dataset.name)
-        known = set(self._ids("generated").tolist())
-        new = generated_view.exclude(list(known)) if known else generated_view
-        if len(new) == 0:
-            return self._save_results(reused=list(STAGES[:-1]))
-        _validate_views(self.train_view, new)
-        _check_files(new, "generated")
-        start = time.perf_counter()
-        model = None if self._model is None else gmve.resolve_model(self._model)
-        tmp = self._path("embed_new.npy")
-        new_ids, new_emb = gmve.embed_to_file(
-            new, tmp, model=model, embeddings_field=self.config.embeddings_field,
-            batch_size=self.config.batch_size, progress=_stage_progress(progress, "embed"),
-        )
-        t_embed = time.perf_counter() - start
-        new_paths = new.values("filepath")
-        t = time.perf_counter()
-        r_dists, r_idx = self._recall(new_emb)
-        t_recall = time.perf_counter() - t
-        t = time.perf_counter()
-        k_dists, k_idx = self._rerank(r_dists, r_idx, new_paths, _stage_progress(progress, "rerank"))
-        t_rerank = time.perf_counter() - t
-        t = time.perf_counter()
-        q = self._quality(new_paths, {"dists": r_dists, "idx": r_idx}, _stage_progress(progress, "quality"))
-        t_quality = time.perf_counter() - t
-
-        def append_npz(name, dists, idx):
-            old = np.load(self._path(name))
-            np.savez(self._path(name), dists=np.concatenate([old["dists"], dists]),
-                     idx=np.concatenate([old["idx"], idx]))
-
-        gen_emb = np.concatenate([self._embeddings("generated"), new_emb])
-        del new_emb
-        np.save(self._path("embed_generated.npy"), gen_emb)
-        os.remove(tmp)
-        np.save(self._path("embed_generated_ids.npy"),
-                np.concatenate([self._ids("generated"), np.array(new_ids)]))
-        append_npz("recall.npz", r_dists, r_idx)
-        append_npz("rerank.npz", k_dists, k_idx)
-        np.save(self._path("quality.npy"), np.concatenate([np.load(self._path("quality.npy")), q]))
-
-        added = list(getattr(self.config, "generated_added", None) or [])
-        added.append(json.dumps(new._serialize()))
-        self.config.generated_added = added
-        self.dataset.update_run_config(self.key, self.config)
-        self.generated_view = gmvruns.generated_view(self.dataset, self.config)
-        self._digests = {}
-        fps = self._fingerprints()
-        for name, extra in (("embed_generated", t_embed), ("recall", t_recall), ("rerank", t_rerank), ("quality", t_quality)):
-            info = dict(self.state.get(name, {}))
-            info["fingerprint"] = fps[name]
-            info["seconds"] = info.get("seconds", 0.0) + extra
-            self.state[name] = info
-        self._write_state()
-        return self.run(stages=["values"], progress=progress)
-
-    def _stage_values(self, progress=None):
-        self._require("rerank")
-        self._require("quality")
-
-        def assign(progress):
-            rr = np.load(self._path("rerank.npz"))
-            dists, idx = rr["dists"], rr["idx"]
-            q = np.load(self._path("quality.npy"))
-            tau = resolve_temperature(dists, self.config.temperature)
-            scores = contribution_scores(dists, q, tau)
-            train_ids = self._ids("train")
-            values, hits = accumulate_values(idx, scores, len(train_ids))
-            self._write_fields(train_ids, self._ids("generated"), idx, dists, scores, q, values, hits, progress)
-            return {"num_contributing": int((hits > 0).sum()), "temperature": tau}
-
-        self._timed("values", assign, progress)
-
-    def _write_fields(self, train_ids, gen_ids, idx, dists, scores, q, values, hits, progress):
-        key = self.key
-        old = gmvruns._existing_fields(self.dataset, key)
-        if old:
-            self.dataset.delete_sample_fields(old)
-        gen_columns = {
-            "contributors": lambda sl: train_ids[idx[sl]].tolist(),
-            "distances": lambda sl: dists[sl].astype(float).tolist(),
-            "scores": lambda sl: scores[sl].tolist(),
-            "quality": lambda sl: q[sl].astype(float).tolist(),
+        known = set(self.gen.ids.tolist())
+        new_ids = [i for i in view_ids if i not in known]
+        if not new_ids and self.gen.alive is None:
+            self._stage_values(progress=_stage_progress(progress, "values"))
+            return self.commit(lock, reused=list(STAGES[:-1]))
+        new = SampleSet.read(self.dataset.select(new_ids, ordered=True), "generated",
+                             self._needs_images()) if new_ids else None
+        keep = self.gen.alive_rows()
+        arrays = {
+            "emb": self._array("embed_generated", "emb")[keep],
+            "recall": (self._array("recall", "dists")[keep], self._array("recall", "idx")[keep]),
+            "rerank": (self._array("rerank", "dists")[keep], self._array("rerank", "idx")[keep]),
+            "q": self._array("quality", "q")[keep],
         }
-        train_columns = {
-            "value": lambda sl: values[sl].tolist(),
-            "hits": lambda sl: hits[sl].tolist(),
-        }
-        chunk = 50_000
-        with fou.ProgressBar(total=len(gen_ids) + len(train_ids), progress=progress) as pb:
-            for ids_all, columns in ((gen_ids, gen_columns), (train_ids, train_columns)):
-                for s in range(0, len(ids_all), chunk):
-                    ids = ids_all[s : s + chunk].tolist()
-                    sl = slice(s, s + len(ids))
-                    for suffix, column in columns.items():
-                        self.dataset.set_values(
-                            "%s_%s" % (key, suffix), dict(zip(ids, column(sl))),
-                            key_field="id", progress=False,
-                        )
-                    pb.update(len(ids))
-
-    def _save_results(self, reused):
-        timings = {}
-        for stage in STAGES:
-            timings[stage] = float(sum(self.state.get(n, {}).get("seconds", 0.0) for n in _parts(stage)))
-        index_info = self.state.get("index", {})
-        results = gmvruns.GMValuationResults(
-            self.dataset,
-            self.config,
-            self.key,
-            timings=timings,
-            reused=reused,
-            num_train=len(self.train_view),
-            num_generated=int(len(self._ids("generated"))),
-            index_type=index_info.get("index_type"),
-            index_params=index_info.get("index_params"),
-            quality_summary=self.state.get("quality", {}).get("summary"),
-            temperature=self.state.get("values", {}).get("temperature"),
-            run_dir=self.dir,
+        seconds = {p: self.entry(p)["seconds"] for p in ("embed_generated", "recall", "rerank", "quality")}
+        if new is not None:
+            t = time.perf_counter()
+            model = None if self._model is None else gmve.resolve_model(self._model)
+            name, tmp = self.store.new_file("embed_new", ".npy")
+            ids, new_emb = gmve.embed_to_file(
+                self.dataset.select(new_ids, ordered=True), tmp, model=model,
+                embeddings_field=self.config.embeddings_field, batch_size=self.config.batch_size,
+                progress=_stage_progress(progress, "embed"),
+            )
+            _check_finite(new_emb, np.asarray(ids, dtype=object))
+            new_emb = np.array(new_emb)
+            os.remove(tmp)
+            seconds["embed_generated"] += time.perf_counter() - t
+            t = time.perf_counter()
+            r = self._recall(new_emb)
+            seconds["recall"] += time.perf_counter() - t
+            t = time.perf_counter()
+            k = self._rerank(r[0], r[1], new.paths, _stage_progress(progress, "rerank"))
+            seconds["rerank"] += time.perf_counter() - t
+            t = time.perf_counter()
+            q = self._quality(new.paths, {"dists": r[0], "idx": r[1]}, _stage_progress(progress, "quality"))
+            seconds["quality"] += time.perf_counter() - t
+            arrays = {
+                "emb": np.concatenate([arrays["emb"], new_emb]),
+                "recall": tuple(np.concatenate([a, b]) for a, b in zip(arrays["recall"], r)),
+                "rerank": tuple(np.concatenate([a, b]) for a, b in zip(arrays["rerank"], k)),
+                "q": np.concatenate([arrays["q"], q]),
+            }
+            added = list(getattr(self.config, "generated_added", None) or [])
+            added.append(json.dumps(generated_view._serialize()))
+            self.config.generated_added = added
+        old = self.gen
+        self.gen = SampleSet(
+            np.concatenate([old.ids[keep], new.ids if new else []]),
+            np.concatenate([old.paths[keep], new.paths if new else []]),
+            np.concatenate([old.keys[keep], new.keys if new else np.array([], np.uint64)]),
         )
-        self.dataset.register_run(self.key, self.config, overwrite=True, cleanup=False)
-        self.dataset.save_run_results(self.key, results, overwrite=True, cache=False)
-        return results
+        files = {"emb": self.store.save_array("embed_generated", arrays["emb"])}
+        for label, arr in (("ids", self.gen.ids.astype(str)), ("paths", self.gen.paths.astype(str)), ("keys", self.gen.keys)):
+            files[label] = self.store.save_array("embed_generated_" + label, arr)
+        self._put("embed_generated", seconds["embed_generated"], files, count=len(self.gen),
+                  side_digest=self.gen.digest, emb=self._emb_digest())
+        self._put("recall", seconds["recall"], self._save(recall=arrays["recall"]))
+        self._put("rerank", seconds["rerank"], self._save(rerank=arrays["rerank"]))
+        self._put("quality", seconds["quality"], {"q": self.store.save_array("quality", arrays["q"])},
+                  summary=_summary(arrays["q"]))
+        self._stage_values(progress=_stage_progress(progress, "values"))
+        return self.commit(lock, reused=["index"])
 
 
-def _parts(stage):
-    """The state entries of a stage: embedding has one per sample set."""
-    return ("embed_train", "embed_generated") if stage == "embed" else (stage,)
+def compute_credit(dists, idx, q, tau, num_train, train_alive=None, gen_alive=None):
+    """Eq. 3/4 over the generated rows that are alive, with deleted training
+    samples pruned from each contributor list (their credit goes to the
+    remaining contributors).
+
+    Returns:
+        a dict of ``values`` and ``hits`` (per training row), ``scores``
+        (per contributor) and ``kept`` (the contributor entries that count)
+    """
+    kept = np.ones(idx.shape, dtype=bool)
+    if train_alive is not None:
+        kept &= train_alive[idx]
+    if gen_alive is not None:
+        kept &= gen_alive[:, None]
+    masked = np.where(kept, dists, np.inf)
+    rows = kept.any(axis=1)
+    scores = np.zeros(idx.shape, dtype=np.float64)
+    if rows.any():
+        scores[rows] = contribution_scores(masked[rows], q[rows], tau)
+    values, hits = accumulate_values(idx[kept], scores[kept], num_train)
+    return {"values": values, "hits": hits, "scores": scores, "kept": kept}
+
+
+def _contributor_lists(train_ids, idx, dists, scores, kept):
+    if kept.all():
+        return train_ids[idx].tolist(), dists.astype(float).tolist(), scores.tolist()
+    contributors, distances, credit = [], [], []
+    for i, d, s, m in zip(idx, dists, scores, kept):
+        contributors.append(train_ids[i[m]].tolist())
+        distances.append(d[m].astype(float).tolist())
+        credit.append(s[m].tolist())
+    return contributors, distances, credit
+
+
+def _check_finite(emb, ids, chunk=65_536):
+    bad = []
+    for s in range(0, len(emb), chunk):
+        rows = np.flatnonzero(~np.isfinite(np.asarray(emb[s : s + chunk])).all(axis=1))
+        bad.extend(ids[s + rows].tolist())
+    if bad:
+        raise gmve.EmbeddingError(
+            "%d embeddings contain NaN or inf values, e.g. samples %s" % (len(bad), bad[:5])
+        )
 
 
 def _stage_progress(progress, stage):
@@ -691,28 +888,34 @@ def update_values(samples, key, generated_view, progress=None):
 
     Only the generated samples not yet valued by the run are embedded,
     recalled, re-ranked and scored; the embeddings and index of the training
-    set are reused. Training values are then recomputed from all generated
-    samples, equal to a full recomputation on the union.
+    set are reused; generated samples deleted since are dropped. Training
+    values are then recomputed from all generated samples, equal to a full
+    recomputation on the union.
 
     Returns:
         the run's :class:`gmv_plugin.runs.GMValuationResults`
     """
-    return load_valuation(samples, key).update(generated_view, progress=progress)
+    dataset = samples._root_dataset
+    gmvval.check_progress(progress)
+    with gmvstore.writing(dataset, key, "update_values") as lock:
+        return load_valuation(dataset, key).update(generated_view, progress=progress, lock=lock)
 
 
-def _stage_function(stage, doc):
+def _stage_function(stage, name, doc):
     def fn(samples, key="gmv", progress=None, **updates):
-        valuation = load_valuation(samples, key, **updates)
-        return valuation.run(stages=[stage], force=True, progress=progress)
+        dataset = samples._root_dataset
+        with gmvstore.writing(dataset, key, name) as lock:
+            valuation = load_valuation(dataset, key, **updates)
+            return valuation.run(stages=[stage], force=True, progress=progress, lock=lock)
 
-    fn.__name__ = doc[0]
-    fn.__doc__ = doc[1]
+    fn.__name__ = name
+    fn.__doc__ = doc
     return fn
 
 
-compute_embeddings = _stage_function("embed", ("compute_embeddings", "Embeds the training and generated samples of run ``key``."))
-build_index = _stage_function("index", ("build_index", "Builds the recall index of run ``key`` over its training embeddings."))
-recall_contributors = _stage_function("recall", ("recall_contributors", "Recalls ``recall_k`` candidates per generated sample of run ``key``."))
-rerank_contributors = _stage_function("rerank", ("rerank_contributors", "Re-ranks the candidates of run ``key`` and keeps the top ``k``."))
-score_quality = _stage_function("quality", ("score_quality", "Scores the quality of the generated samples of run ``key``."))
-assign_values = _stage_function("values", ("assign_values", "Computes Eq. 3/4 for run ``key`` and writes its fields."))
+compute_embeddings = _stage_function("embed", "compute_embeddings", "Embeds the training and generated samples of run ``key``.")
+build_index = _stage_function("index", "build_index", "Builds the recall index of run ``key`` over its training embeddings.")
+recall_contributors = _stage_function("recall", "recall_contributors", "Recalls ``recall_k`` candidates per generated sample of run ``key``.")
+rerank_contributors = _stage_function("rerank", "rerank_contributors", "Re-ranks the candidates of run ``key`` and keeps the top ``k``.")
+score_quality = _stage_function("quality", "score_quality", "Scores the quality of the generated samples of run ``key``.")
+assign_values = _stage_function("values", "assign_values", "Computes Eq. 3/4 for run ``key`` and writes its fields.")

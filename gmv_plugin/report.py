@@ -63,7 +63,7 @@ def build_report(samples, key="gmv", n=10, bins=30, data_url=True):
         counts, edges, _ = nonzero.histogram_values(value, bins=bins)
     else:
         counts, edges = [], []
-    path = os.path.join(gmvruns.run_dir(dataset, key), HISTOGRAM_NAME)
+    path = os.path.join(gmvruns.runs_root(), str(dataset._doc.id), "_reports", "%s_%s" % (key, HISTOGRAM_NAME))
     png = _histogram_png(counts, edges, zero, key)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:

@@ -8,14 +8,14 @@ fields and files, deleting removes them.
 
 import json
 import os
-import shutil
+import time
 
 import fiftyone as fo
 import fiftyone.core.runs as foruns
 
 METHOD = "gmvaluator"
-TRAIN_FIELDS = ("value", "hits")
-GENERATED_FIELDS = ("contributors", "distances", "scores", "quality")
+TRAIN_FIELDS = ("value", "hits", "cleansing", "copied_by")
+GENERATED_FIELDS = ("contributors", "distances", "scores", "quality", "copy_score", "is_copy")
 
 
 def runs_root():
@@ -40,9 +40,14 @@ def field_names(key):
     }
 
 
-def _existing_fields(dataset, key):
+def all_field_names(key):
+    """Every field name a run with this key may write."""
     names = field_names(key)
-    return [f for f in names["train"] + names["generated"] if dataset.has_field(f)]
+    return names["train"] + names["generated"]
+
+
+def _existing_fields(dataset, key):
+    return [f for f in all_field_names(key) if dataset.has_field(f)]
 
 
 class GMValuationConfig(foruns.RunConfig):
@@ -61,21 +66,24 @@ class GMValuation(foruns.Run):
         return _existing_fields(samples._root_dataset, key)
 
     def rename(self, samples, key, new_key):
+        from gmv_plugin import locks, store
+
         dataset = samples._root_dataset
-        for field in _existing_fields(dataset, key):
-            dataset.rename_sample_field(field, new_key + field[len(key):])
-        old, new = run_dir(dataset, key), run_dir(dataset, new_key)
-        if os.path.isdir(old):
-            if os.path.isdir(new):
-                shutil.rmtree(new)
-            os.rename(old, new)
+        if locks.is_held_here(dataset, key):  # inside gmv's own journaled rename
+            store.move_run_files(dataset, key, new_key)
+            return
+        with store.writing(dataset, key, "rename_run", new_key):
+            store.move_run_files(dataset, key, new_key)
 
     def cleanup(self, samples, key):
+        from gmv_plugin import locks, store
+
         dataset = samples._root_dataset
-        fields = _existing_fields(dataset, key)
-        if fields:
-            dataset.delete_sample_fields(fields)
-        shutil.rmtree(run_dir(dataset, key), ignore_errors=True)
+        if locks.is_held_here(dataset, key):
+            store.remove_run_files(dataset, key)
+            return
+        with store.writing(dataset, key, "delete_run"):
+            store.remove_run_files(dataset, key)
 
 
 class GMValuationResults(foruns.RunResults):
@@ -84,8 +92,15 @@ class GMValuationResults(foruns.RunResults):
     Attributes (as stored): ``timings`` (seconds per stage), ``reused`` (stages
     loaded from an earlier computation), ``num_train``, ``num_generated``,
     ``index_type``, ``index_params``, ``quality_summary``, ``temperature``
-    (the tau used, resolved when the config says ``"auto"``).
+    (the tau used, resolved when the config says ``"auto"``),
+    ``num_contributing``, ``dataset_id`` (the dataset whose run directory
+    holds the arrays; another id means the dataset is a clone).
     """
+
+    @property
+    def run_dir(self):
+        """The directory of the run's arrays."""
+        return run_dir(self.samples, self.key)
 
     @property
     def value_field(self):
@@ -143,8 +158,12 @@ def generated_view(samples, config):
     if not added:
         return view
     ids = view.values("id")
+    seen = set(ids)
     for stages in added:
-        ids.extend(_load_view(samples, stages).values("id"))
+        for i in _load_view(samples, stages).values("id"):
+            if i not in seen:
+                seen.add(i)
+                ids.append(i)
     return samples._root_dataset.select(ids, ordered=True)
 
 
@@ -166,20 +185,43 @@ def get_run_config(samples, key):
 
 
 def load_results(samples, key):
-    """Loads the :class:`GMValuationResults` of run ``key``."""
-    get_run_config(samples, key)
-    return samples._root_dataset.load_run_results(key, cache=False)
+    """Loads the :class:`GMValuationResults` of run ``key``. Safe while
+    another process changes the run: it returns the old or the new results."""
+    from gmv_plugin import store
+
+    dataset = samples._root_dataset
+    store.recover_if_free(dataset, key)
+    for attempt in range(5):
+        get_run_config(dataset, key)
+        try:
+            return dataset.load_run_results(key, cache=False)
+        except Exception:
+            # the results document was being replaced; read it again
+            dataset.reload()
+            if attempt == 4:
+                raise
+            time.sleep(0.2)
 
 
 def rename_run(samples, key, new_key):
-    """Renames run ``key`` to ``new_key``, with its fields and files."""
-    get_run_config(samples, key)
-    if not isinstance(new_key, str) or not new_key.isidentifier():
-        raise ValueError("Run keys must be valid identifiers; got %r" % new_key)
-    samples._root_dataset.rename_run(key, new_key)
+    """Renames run ``key`` to ``new_key``, with its fields, indexes and files."""
+    from gmv_plugin import store, validation
+
+    dataset = samples._root_dataset
+    get_run_config(dataset, key)
+    validation.check_key(dataset, new_key)
+    with store.writing(dataset, key, "rename_run", new_key) as lock:
+        get_run_config(dataset, key)
+        validation.check_key(dataset, new_key)
+        store.rename(dataset, key, new_key, lock)
 
 
 def delete_run(samples, key):
-    """Deletes run ``key`` with its fields and files."""
-    get_run_config(samples, key)
-    samples._root_dataset.delete_run(key)
+    """Deletes run ``key`` with its fields, indexes and files."""
+    from gmv_plugin import store
+
+    dataset = samples._root_dataset
+    get_run_config(dataset, key)
+    with store.writing(dataset, key, "delete_run") as lock:
+        get_run_config(dataset, key)
+        store.delete(dataset, key, lock)

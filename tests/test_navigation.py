@@ -126,7 +126,7 @@ def test_build_report(valued):
     h = r["histogram"]
     assert sum(h["counts"]) == r["counts"]["contributing"] and h["zero_count"] == r["counts"]["zero_value"]
     assert len(h["edges"]) == len(h["counts"]) + 1
-    assert h["path"] == os.path.join(gmvruns.run_dir(valued, "gmv"), rep.HISTOGRAM_NAME)
+    assert h["path"] == os.path.join(gmvruns.runs_root(), str(valued._doc.id), "_reports", "gmv_" + rep.HISTOGRAM_NAME)
     with Image.open(h["path"]) as im:
         assert im.format == "PNG" and im.size[0] > 300
     with open(h["path"], "rb") as f:

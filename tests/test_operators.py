@@ -127,7 +127,7 @@ def test_compute_values_operator_matches_library(digits):
     png = base64.b64decode(out["histogram"].split(",", 1)[1])
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert os.path.isfile(rep["histogram"]["path"])
-    assert rep["histogram"]["path"].startswith(gmvruns.run_dir(digits, "op"))
+    assert rep["histogram"]["path"].startswith(os.path.join(gmvruns.runs_root(), str(digits._doc.id)))
     assert [r["id"] for r in out["top"]] == gmv.load_results(digits, "op").top(10).values("id")
     assert "150" in out["summary"] and "stage timings" in out["summary"]
     assert any(r.operator_uri == "reload_dataset" for r in res.executor._requests)
@@ -264,8 +264,8 @@ def test_update_values_operator_equals_full_recomputation(digits):
     gen = digits.match_tags("generated")
     digits.select(gen.values("id")[:20]).tag_samples("batch1")
     run("compute_values", digits, {"k": K, "key": "inc", "generated_tag": "batch1"})
-    rdir = pathlib.Path(gmvruns.run_dir(digits, "inc"))
-    kept = {f: (rdir / f).stat().st_mtime_ns for f in ("embed_train.npy", "index.faiss")}
+    store = gmv.store.RunStore(digits, "inc")
+    kept = {p: store.manifest()["stages"][p] for p in ("embed_train", "index")}
 
     props = form("update_values", digits, {"run_key": "inc"})
     assert props["generated_tag"]["default"] == "generated"
@@ -275,7 +275,7 @@ def test_update_values_operator_equals_full_recomputation(digits):
     assert res.result["num_added"] == 30
     assert res.result["report"]["counts"]["generated"] == 50
     # training embeddings and index were reused, not redone
-    assert {f: (rdir / f).stat().st_mtime_ns for f in kept} == kept
+    assert {p: store.manifest()["stages"][p] for p in kept} == kept
 
     run("compute_values", digits, {"k": K, "key": "full"})
     np.testing.assert_allclose(train_values(digits, "inc_value"), train_values(digits, "full_value"),

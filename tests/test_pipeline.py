@@ -86,13 +86,15 @@ def test_later_stage_change_reuses_embeddings_and_index(digits_dataset):
     ds = digits_dataset
     train, gen = _views(ds)
     gmv.compute_values(train, gen, key="gmv", model="pixels", k=10, progress=False)
-    index_file = os.path.join(gmv.runs.run_dir(ds, "gmv"), "index.faiss")
-    mtime = os.path.getmtime(index_file)
+    store = gmv.store.RunStore(ds, "gmv")
+    index_file = store.manifest()["stages"]["index"]["files"]["index"]
+    mtime = os.path.getmtime(store.path(index_file))
     results = gmv.compute_values(train, gen, key="gmv", model="pixels", k=10,
                                  rerank="l2", overwrite=True, progress=False)
     assert {"embed", "index", "recall"} <= set(results.reused)
     assert "rerank" not in results.reused
-    assert os.path.getmtime(index_file) == mtime
+    assert store.manifest()["stages"]["index"]["files"]["index"] == index_file
+    assert os.path.getmtime(store.path(index_file)) == mtime
     # A stage can also be re-run alone with a new parameter.
     gmv.assign_values(ds, key="gmv", temperature=0.01, progress=False)
     assert gmv.get_run_config(ds, "gmv").temperature == 0.01
@@ -151,9 +153,12 @@ def test_incremental_generated_samples_equal_full_recomputation(digits_dataset):
     first, second = ds.select(ids[:15]), ds.select(ids[15:])
     gmv.compute_values(train, gen, key="full", **FAST)
     gmv.compute_values(train, first, key="inc", **FAST)
+    stages = gmv.store.RunStore(ds, "inc").manifest()["stages"]
     results = gmv.update_values(ds, "inc", second, progress=False)
     assert results.num_generated == 30
-    assert {"index"} <= set(gmv.load_valuation(ds, "inc").state)  # index kept
+    after = gmv.store.RunStore(ds, "inc").manifest()["stages"]
+    assert after["index"] == stages["index"]  # index kept
+    assert after["embed_train"] == stages["embed_train"]
     # Equal up to float32 rounding in FAISS distance batches.
     np.testing.assert_allclose(train.values("full_value"), train.values("inc_value"), rtol=1e-6, atol=1e-9)
     assert train.values("full_hits") == train.values("inc_hits")
@@ -196,7 +201,7 @@ def test_empty_views(digits_dataset):
 
 def test_k_larger_than_training_set(digits_dataset):
     train, gen = _views(digits_dataset)
-    with pytest.raises(ValueError, match="k=500 must be between 1 and the number of training samples"):
+    with pytest.raises(ValueError, match=r"k must be an integer between 1 and 270 inclusive \(the number of training samples\); got 500"):
         gmv.compute_values(train, gen, **dict(FAST, k=500))
     with pytest.raises(ValueError, match="recall_k"):
         gmv.compute_values(train, gen, recall_k=5, **FAST)
@@ -292,5 +297,5 @@ def test_lpips_rerank_and_pyiqa_quality_run_through_the_pipeline(digits_dataset)
     assert results.timings["rerank"] > 0
     # A later stage re-run rebuilds both from the stored config.
     again = gmv.assign_values(ds, key="lp", temperature="auto", progress=False)
-    assert {"rerank", "quality"} <= set(gmv.load_valuation(ds, "lp").state)
+    assert {"rerank", "quality"} <= set(gmv.store.RunStore(ds, "lp").manifest()["stages"])
     assert again.num_generated == 30
