@@ -32,6 +32,35 @@ SMOOTH_SIGMA = 0.7  # pixels at 28x28; scaled with the image size
 CONTENT_THRESHOLD = 0.2  # share of the smoothed content's maximum
 GYRATION_SPAN = 2.0  # the descriptor spans this many radii of gyration each side
 COPY_THRESHOLD = 0.45
+COPY_SCORE_FLOOR = -10.0  # scores below are reported as this (finite in the fields)
+
+
+def _descriptor_stack(x, size):
+    """Descriptors of a float32 ``(N, H, W)`` stack in [0, 1]."""
+    n, h, w = x.shape
+    border = np.concatenate([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], axis=1)
+    content = np.abs(x - np.median(border, axis=1)[:, None, None])
+    sigma = SMOOTH_SIGMA * max(h, w) / 28.0
+    smooth = ndimage.gaussian_filter(content, (0, sigma, sigma), mode="constant")
+    peak = smooth.reshape(n, -1).max(axis=1)
+    # content weights above a share of the peak: background noise drops out
+    wgt = np.maximum(smooth - CONTENT_THRESHOLD * peak[:, None, None], 0)
+    total = np.maximum(wgt.sum(axis=(1, 2)), 1e-12)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy = (wgt * yy).sum(axis=(1, 2)) / total
+    cx = (wgt * xx).sum(axis=(1, 2)) / total
+    r2 = (yy[None] - cy[:, None, None]) ** 2 + (xx[None] - cx[:, None, None]) ** 2
+    half = np.maximum(GYRATION_SPAN * np.sqrt((wgt * r2).sum(axis=(1, 2)) / total), 1.0)
+    grid = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
+    gy = cy[:, None, None] + grid[None, :, None] * half[:, None, None] + np.zeros((1, 1, size), np.float32)
+    gx = cx[:, None, None] + grid[None, None, :] * half[:, None, None] + np.zeros((1, size, 1), np.float32)
+    gi = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None], gy.shape)
+    d = ndimage.map_coordinates(wgt, [gi, gy, gx], order=1, mode="constant", cval=0.0).reshape(n, -1)
+    d -= d.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(d, axis=1, keepdims=True)
+    d = np.where(norm > 0, d / np.where(norm > 0, norm, 1.0), 0.0)
+    d[peak <= 1e-6] = 0.0
+    return d.astype(np.float32)
 
 
 def copy_descriptor(image, size=DESCRIPTOR_SIZE):
@@ -45,45 +74,34 @@ def copy_descriptor(image, size=DESCRIPTOR_SIZE):
         a float32 vector of ``size * size`` values, zero mean, unit norm (all
         zeros for a blank image)
     """
-    image = np.asarray(image)
-    x = image.astype(np.float32)
-    if image.dtype == np.uint8:
-        x /= 255.0
-    h, w = x.shape
-    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
-    content = np.abs(x - np.median(border))
-    sigma = SMOOTH_SIGMA * max(h, w) / 28.0
-    smooth = ndimage.gaussian_filter(content, sigma, mode="constant")
-    peak = smooth.max()
-    if peak <= 1e-6:
-        return np.zeros(size * size, np.float32)
-    # content weights above a share of the peak: background noise drops out
-    wgt = np.maximum(smooth - CONTENT_THRESHOLD * peak, 0)
-    total = wgt.sum()
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    cy, cx = (wgt * yy).sum() / total, (wgt * xx).sum() / total
-    gyr = np.sqrt((wgt * ((yy - cy) ** 2 + (xx - cx) ** 2)).sum() / total)
-    half = max(GYRATION_SPAN * gyr, 1.0)
-    grid = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
-    gy, gx = np.meshgrid(cy + grid * half, cx + grid * half, indexing="ij")
-    d = ndimage.map_coordinates(wgt, [gy, gx], order=1, mode="constant", cval=0.0).ravel()
-    d = d - d.mean()
-    n = np.linalg.norm(d)
-    return (d / n if n > 0 else d).astype(np.float32)
+    return copy_descriptors([image], size=size)[0]
 
 
-def copy_descriptors(images, flip=False, size=DESCRIPTOR_SIZE):
+def copy_descriptors(images, flip=False, size=DESCRIPTOR_SIZE, batch_size=4096):
     """Descriptors (see :func:`copy_descriptor`) of grayscale images: an
-    ``(N, H, W)`` array or a list of ``(H, W)`` arrays of any sizes;
-    ``flip=True`` describes the images mirrored left to right.
+    ``(N, H, W)`` array or a list of ``(H, W)`` arrays of any sizes, uint8
+    or float in [0, 1]. ``flip=True`` describes the images mirrored left to
+    right: the sampling grid is symmetric about the content's centroid, so
+    that is the descriptor mirrored.
 
     Returns:
         a float32 ``(N, size * size)`` array
     """
-    out = np.empty((len(images), size * size), np.float32)
+    groups = {}
     for i, im in enumerate(images):
-        im = np.asarray(im)
-        out[i] = copy_descriptor(im[:, ::-1] if flip else im, size)
+        groups.setdefault((np.shape(im), np.asarray(im).dtype == np.uint8), []).append(i)
+    out = np.empty((len(images), size * size), np.float32)
+    for (shape, is_u8), rows in groups.items():
+        if len(shape) != 2:
+            raise ValueError("copy descriptors take grayscale (H, W) images; got shape %s" % (shape,))
+        for s in range(0, len(rows), batch_size):
+            part = rows[s : s + batch_size]
+            x = np.stack([np.asarray(images[i]) for i in part]).astype(np.float32)
+            if is_u8:
+                x /= 255.0
+            out[part] = _descriptor_stack(x, size)
+    if flip:
+        out = out.reshape(-1, size, size)[:, :, ::-1].reshape(-1, size * size).copy()
     return out
 
 
@@ -155,7 +173,8 @@ def copy_scores(gen_desc, gen_desc_flipped, train_desc):
         train_desc: ``(n, D)`` descriptors of the training images, ``n >= 3``
 
     Returns:
-        a dict with ``copy_score`` (float64 ``(m,)``), ``nearest`` (int64
+        a dict with ``copy_score`` (float64 ``(m,)``, at least
+        :data:`COPY_SCORE_FLOOR`), ``nearest`` (int64
         ``(m,)``: the closest training row), ``distance`` (float32 ``(m,)``:
         ``d1``), ``flipped`` (bool ``(m,)``: the mirrored image matched
         closer) and ``train_nn`` (float32 ``(n,)``: each training image's own
@@ -178,7 +197,7 @@ def copy_scores(gen_desc, gen_desc_flipped, train_desc):
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(unit > 0, d1 / np.where(unit > 0, unit, 1.0), np.where(d1 > 0, np.inf, 0.0))
     return {
-        "copy_score": 1.0 - ratio,
+        "copy_score": np.maximum(1.0 - ratio, COPY_SCORE_FLOOR),
         "nearest": j.astype(np.int64),
         "distance": d[:, 0].astype(np.float32),
         "flipped": flipped,

@@ -65,9 +65,10 @@ DEFAULTS = {
     "rerank": "l2",
     "quality": "realism",
     "k": 50,
-    "temperature": 1.0,
+    "temperature": "auto",  # chosen by benchmarks/truth.py; 1.0 is the paper's
     "batch_size": 64,
 }
+PAPER_TEMPERATURE = 1.0
 
 
 def param(ctx, name, default=None):
@@ -427,7 +428,7 @@ def add_temperature(inputs, ctx, defaults=None):
     inputs.bool("auto_temperature", default=current == "auto", label="Automatic temperature",
                 description="tau from the spread of each image's contributor distances")
     if not param(ctx, "auto_temperature", current == "auto"):
-        inputs.float("temperature", default=DEFAULTS["temperature"] if current == "auto" else current,
+        inputs.float("temperature", default=PAPER_TEMPERATURE if current == "auto" else current,
                       label="Temperature", description="tau in exp(-d / tau); 1 is the paper")
 
 
@@ -440,9 +441,9 @@ def k_kwargs(ctx, n_train=None):
 
 
 def temperature_kwargs(ctx):
-    if param(ctx, "auto_temperature"):
+    if param(ctx, "auto_temperature", DEFAULTS["temperature"] == "auto"):
         return {"temperature": "auto"}
-    return {"temperature": float(param(ctx, "temperature", DEFAULTS["temperature"]))}
+    return {"temperature": float(param(ctx, "temperature", PAPER_TEMPERATURE))}
 
 
 def add_full_config(inputs, ctx, n_train):
