@@ -198,5 +198,14 @@ def test_pipeline_writes_cleansing_and_copy_fields(mnist, tmp_path):
         # the blurred training digits go first, whatever their value
         assert set(np.argsort(cleansing)[:2]) == {600, 601}
         assert gv.match(fo.ViewField("gmv_is_copy")).count() == 2
+
+        from gmv_plugin.report import build_report, report_markdown
+
+        report = build_report(ds, "gmv", n=2, data_url=False)
+        assert {r["filepath"] for r in report["remove_first"]} == {paths[600], paths[601]}
+        assert report["possible_copies"]["count"] == 2
+        assert {r["filepath"] for r in report["possible_copies"]["rows"]} == set(gen_paths[30:])
+        md = report_markdown(report)
+        assert "Possible copies**: 2 generated samples flagged" in md and "Remove first" in md
     finally:
         ds.delete()
