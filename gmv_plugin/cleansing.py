@@ -43,6 +43,7 @@ STATISTICS = (
     "p05",
     "midtone",
     "impulse",
+    "impulse_share",
     "lap_over_grad",
     "sharpness",
     "plateau",
@@ -82,6 +83,7 @@ def _statistics_same_size(x):
     out["midtone"] = ((z > 0.15) & (z < 0.85)).mean(axis=(1, 2))
     med = ndimage.median_filter(x, size=(1, 3, 3))
     out["impulse"] = np.abs(x - med).mean(axis=(1, 2)) / rng
+    out["impulse_share"] = (np.abs(x - med) > 0.5 * rng3).mean(axis=(1, 2))
     gy, gx = np.gradient(x, axis=(1, 2))
     grad = np.hypot(gx, gy)
     lap = np.abs(4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:])

@@ -441,7 +441,10 @@ def k_kwargs(ctx, n_train=None):
 
 
 def temperature_kwargs(ctx):
-    if param(ctx, "auto_temperature", DEFAULTS["temperature"] == "auto"):
+    auto = param(ctx, "auto_temperature")
+    if auto is None:  # an explicit temperature wins over the default
+        auto = param(ctx, "temperature") is None and DEFAULTS["temperature"] == "auto"
+    if auto:
         return {"temperature": "auto"}
     return {"temperature": float(param(ctx, "temperature", PAPER_TEMPERATURE))}
 

@@ -209,3 +209,53 @@ def test_pipeline_writes_cleansing_and_copy_fields(mnist, tmp_path):
         assert "Possible copies**: 2 generated samples flagged" in md and "Remove first" in md
     finally:
         ds.delete()
+
+
+def test_pipeline_without_image_files_uses_the_value_alone(mnist, tmp_path):
+    import os
+
+    import fiftyone as fo
+    import gmv_plugin as gmv
+
+    images, _ = mnist
+    train, gen = images[:300], np.concatenate([images[300:320], images[[7]]])
+    ds = fo.Dataset()
+    try:
+        ds.add_samples([fo.Sample(filepath=p, tags=["train"]) for p in write_pngs(train, tmp_path, "t")])
+        ds.add_samples([fo.Sample(filepath=p, tags=["generated"]) for p in write_pngs(gen, tmp_path, "g")])
+        emb = gmv.PixelEmbedder(size=28, mode="L")
+        ids, paths = ds.values(["id", "filepath"])
+        from PIL import Image
+
+        ds.set_values("emb", dict(zip(ids, [emb.embed(np.asarray(Image.open(p))) for p in paths])), key_field="id")
+        for p in ds.match_tags("train").values("filepath")[:3]:
+            os.remove(p)  # some training files are gone: the pixels can't be read
+        tv, gv = ds.match_tags("train"), ds.match_tags("generated")
+        gmv.compute_values(tv, gv, key="e", model=None, embeddings_field="emb", k=5, progress=False)
+        values, cleansing = tv.values(["e_value", "e_cleansing"])
+        np.testing.assert_allclose(cleansing, gmvcl.cleansing_scores(np.array(values)))
+        is_copy, score = gv.values(["e_is_copy", "e_copy_score"])
+        assert is_copy[-1] and not any(is_copy[:-1])  # the exact copy, found on embeddings
+        from gmv_plugin.store import RunStore
+
+        assert RunStore(ds, "e").manifest()["stages"]["values"]["truth"]["source"] == "embeddings"
+        with_images = gmvcl.truth_columns(np.array(values[3:]), train_images=train[3:])["train"]["cleansing"]
+        assert not np.allclose(with_images, gmvcl.cleansing_scores(np.array(values[3:])))  # images would change it
+    finally:
+        ds.delete()
+
+
+def test_digit_attribute_fields_give_c2(digits_dataset):
+    import gmv_plugin as gmv
+    from gmv_plugin import evaluation as ev
+
+    ds = digits_dataset
+    train, gen = ds.match_tags("train"), ds.match_tags("generated")
+    gmv.compute_values(train, gen, key="gmv", model="pixels", k=10, progress=False)
+    fields = ev.digit_attribute_fields(ds, train)
+    assert fields == ["digit_thickness", "digit_slant", "digit_width", "digit_ink"]
+    counts = train.count_values("digit_slant")
+    assert set(counts) == {"low", "mid", "high"} and min(counts.values()) >= 80  # terciles of 270
+    c2 = ev.identical_attributes(ds, "gmv", fields, ks=(5, 10))["identical_attributes"]
+    # real digits: neighbours in pixel space share slant and width far above chance (1/3)
+    assert c2["digit_slant"][5] > 0.45 and c2["digit_width"][5] > 0.45
