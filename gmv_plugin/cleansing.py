@@ -16,10 +16,11 @@ evidence that the training image itself is implausible for this collection:
    collection's own typical values, in robust z units (median and MAD over
    the training set itself, so most images must be clean; no pristine corpus
    and no weights are needed): the mean squared z;
-3. :func:`cleansing_scores`: ``log(value percentile) - max(0, implausibility
-   - margin)``. Plausible images keep the value's order; an implausible image
-   drops below every plausible one of similar value, in proportion to how
-   implausible it is. Lower = remove first; the score is <= 0.
+3. :func:`cleansing_scores`: ``log(value percentile) - 4 * max(0,
+   implausibility - 0.5)``. Typical images keep the value's order; an
+   implausible image drops below plausible ones of similar value, in
+   proportion to how implausible it is. Lower = remove first; the score is
+   <= 0.
 
 Measured on the truth benchmark (MNIST, ten corruption kinds at 1% each),
 neighbour-based evidence in the embedding (a local outlier factor; the value
@@ -54,7 +55,8 @@ STATISTICS = (
     "bright_block",
 )
 Z_CLIP = 30.0
-ANOMALY_MARGIN = 1.0
+ANOMALY_MARGIN = 0.5
+ANOMALY_WEIGHT = 4.0
 MAX_BLOCK = 15
 
 
@@ -197,15 +199,17 @@ def value_percentiles(values):
     return (rankdata(v) - 0.5) / len(v)
 
 
-def cleansing_scores(values, implausible=None, margin=ANOMALY_MARGIN):
-    """The cleansing score: ``log(value percentile) - max(0, implausible - margin)``.
+def cleansing_scores(values, implausible=None, margin=ANOMALY_MARGIN, weight=ANOMALY_WEIGHT):
+    """The cleansing score: ``log(value percentile) - weight * max(0, implausible - margin)``.
 
     Args:
         values: ``(N,)`` GMValuator values of the training images
         implausible (None): ``(N,)`` from :func:`implausibility`; without it
             the score is the log-percentile of the value alone
-        margin (1.0): implausibility tolerated without penalty (a typical
+        margin (0.5): implausibility tolerated without penalty (a typical
             image scores about 0.5; 90% of clean MNIST digits score below 2)
+        weight (4.0): log-percentile points per unit of implausibility
+            beyond the margin
 
     Returns:
         a float64 ``(N,)`` array, <= 0; lower = remove first
@@ -218,7 +222,7 @@ def cleansing_scores(values, implausible=None, margin=ANOMALY_MARGIN):
         a = np.asarray(implausible, dtype=np.float64)
         if a.shape != v.shape:
             raise ValueError("implausible has shape %s, values %s" % (a.shape, v.shape))
-        score = score - np.maximum(0.0, a - margin)
+        score = score - weight * np.maximum(0.0, a - margin)
     return score
 
 
@@ -232,6 +236,7 @@ def truth_columns(
     gen_emb=None,
     copy_threshold=gmvc.COPY_THRESHOLD,
     margin=ANOMALY_MARGIN,
+    weight=ANOMALY_WEIGHT,
 ):
     """Cleansing scores and copy flags of one valuation, for the values stage.
 
@@ -252,7 +257,7 @@ def truth_columns(
         train_emb, gen_emb (None): ``(n, D)`` / ``(m, D)`` embeddings, used
             only when images are missing
         copy_threshold (0.45): ``is_copy = copy_score >= copy_threshold``
-        margin (1.0): see :func:`cleansing_scores`
+        margin (0.5), weight (4.0): see :func:`cleansing_scores`
 
     Returns:
         ``{"train": {"cleansing": float64 (n,), "copied_by": int64 (n,),
@@ -272,7 +277,7 @@ def truth_columns(
     implausible = None
     if train_images is not None:
         implausible = implausibility(image_statistics(train_images))
-    cleansing = cleansing_scores(values, implausible, margin=margin)
+    cleansing = cleansing_scores(values, implausible, margin=margin, weight=weight)
 
     if train_images is not None and gen_images is not None:
         train_desc = gmvc.copy_descriptors(train_images)

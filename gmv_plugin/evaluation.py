@@ -351,8 +351,15 @@ def _group(dataset, key, spec, values_view=None):
     )
 
 
-def _values(dataset, key):
-    vals = np.array(_training(dataset, key).values(f"{key}_value"), dtype=float)
+SCORES = ("value", "cleansing")
+
+
+def _values(dataset, key, score="value"):
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}; got {score!r}")
+    if dataset.get_field(f"{key}_{score}") is None:
+        raise ValueError(f"Run {key!r} has no field '{key}_{score}'; recompute it to get one")
+    vals = np.array(_training(dataset, key).values(f"{key}_{score}"), dtype=float)
     if vals.size == 0:
         raise ValueError(f"Run {key!r} has no training samples with values")
     return vals
@@ -368,8 +375,8 @@ def _auc(positive, scores):
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def cleansing(dataset, key, corrupted, fractions=(0.01, 0.05, 0.10)):
-    """C3: how low the run values training samples marked as corrupted.
+def cleansing(dataset, key, corrupted, fractions=(0.01, 0.05, 0.10), score="value"):
+    """C3: how low the run values (or scores) training samples marked as corrupted.
 
     Ranks use averaged ties, so a corrupted sample tied with many others at the
     same value (e.g. 0, never recalled) sits at the middle of that tie.
@@ -380,6 +387,8 @@ def cleansing(dataset, key, corrupted, fractions=(0.01, 0.05, 0.10)):
         corrupted: a sample tag or boolean field marking corrupted training samples
         fractions: report the share of corrupted samples within these lowest
             fractions of values
+        score ("value"): rank by ``{key}_value`` (the paper's C3) or by
+            ``{key}_cleansing`` (:mod:`gmv_plugin.cleansing`)
 
     Returns:
         a dict with ``percentiles`` (of the corrupted samples' values, 0-100),
@@ -389,7 +398,7 @@ def cleansing(dataset, key, corrupted, fractions=(0.01, 0.05, 0.10)):
     from scipy.stats import rankdata
 
     _check_key(dataset, key)
-    vals = _values(dataset, key)
+    vals = _values(dataset, key, score)
     mask = _group(dataset, key, corrupted)
     n, n_bad = len(vals), int(mask.sum())
     if n_bad == 0:
@@ -402,6 +411,7 @@ def cleansing(dataset, key, corrupted, fractions=(0.01, 0.05, 0.10)):
     return {
         "criterion": "C3",
         "key": key,
+        "score": score,
         "corrupted": corrupted,
         "num_train": n,
         "num_corrupted": n_bad,

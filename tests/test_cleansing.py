@@ -21,10 +21,11 @@ def test_cleansing_score_is_value_order_discounted_by_implausibility():
     assert np.all(np.diff(plain) > 0) and np.all(plain <= 0)
     np.testing.assert_allclose(plain, np.log((np.arange(5) + 0.5) / 5))
     # the most valuable image, but implausible: it goes first
-    score = gmvcl.cleansing_scores(values, np.array([0.5, 0.5, 0.5, 0.5, 9.0]), margin=1.0)
+    score = gmvcl.cleansing_scores(values, np.array([0.5, 0.5, 0.5, 0.5, 9.0]))
     assert np.argmin(score) == 4
     np.testing.assert_allclose(score[:4], plain[:4])  # within the margin: the value alone
-    assert score[4] == pytest.approx(plain[4] - 8.0)
+    assert score[4] == pytest.approx(plain[4] - 4 * 8.5)
+    assert gmvcl.cleansing_scores(values, np.full(5, 2.0), margin=1.0, weight=1.0)[0] == pytest.approx(plain[0] - 1)
     # ties share a percentile
     tied = gmvcl.cleansing_scores(np.array([0.0, 0.0, 1.0]))
     assert tied[0] == tied[1] < tied[2]
@@ -198,6 +199,15 @@ def test_pipeline_writes_cleansing_and_copy_fields(mnist, tmp_path):
         # the blurred training digits go first, whatever their value
         assert set(np.argsort(cleansing)[:2]) == {600, 601}
         assert gv.match(fo.ViewField("gmv_is_copy")).count() == 2
+
+        from gmv_plugin import evaluation as ev
+
+        ds.set_values("blurry", [p in paths[600:] for p in ds.values("filepath")])
+        by_cleansing = ev.cleansing(ds, "gmv", "blurry", score="cleansing")
+        assert by_cleansing["auc"] == 1.0 and by_cleansing["score"] == "cleansing"
+        assert ev.cleansing(ds, "gmv", "blurry")["auc"] < 1.0  # blur looks like nothing wrong to the value
+        with pytest.raises(ValueError, match="score must be one of"):
+            ev.cleansing(ds, "gmv", "blurry", score="hits")
 
         from gmv_plugin.report import build_report, report_markdown
 
