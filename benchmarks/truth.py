@@ -361,6 +361,7 @@ def run(verify=True):
         r["truth_columns_seconds"] = time.time() - t0
         assert np.array_equal(cols["train"]["cleansing"], gmvcl.cleansing_scores(v, implausible))
         cl = cols["train"]["cleansing"]
+        r["components"] = _components(st, v, d)
         r["default"] = {
             "cleansing_C3": c3_by_kind(cl, d), "value_C3": c3_by_kind(v, d),
             "non_copying_flagged": float(cols["generated"]["is_copy"].mean()),
@@ -395,6 +396,22 @@ def run(verify=True):
 
 
 DEFAULTS = {"temperature": "auto", "quality": "none"}
+
+
+def _components(st, values, d, k=10):
+    """Neighbour-based evidence measured and left out of the score: per kind AUC
+    of (a) a local outlier factor (mean distance to the k nearest training
+    neighbours over the median of theirs) and (b) the value relative to the
+    mean value of those neighbours."""
+    dist, idx = st.search(st.train_emb, k + 1)
+    dist, idx = dist[:, 1:], idx[:, 1:]
+    r = dist.mean(axis=1)
+    lof = r / np.median(r[idx], axis=1)
+    credit = np.log((values + 1e-3) / (values[idx].mean(axis=1) + 1e-3))
+    return {
+        "local_outlier_factor": {kk: c["auc"] for kk, c in c3_by_kind(-lof, d).items()},
+        "credit_vs_neighbours": {kk: c["auc"] for kk, c in c3_by_kind(credit, d).items()},
+    }
 
 
 def _differs(values, cleansing, d, q=0.05):

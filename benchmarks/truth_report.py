@@ -89,6 +89,14 @@ def render(r):
             f"{df['blur_mean_value_pct']:.0f}th percentile of the value on average."
         )
     L.append("")
+    for fam, run in r["runs"].items():
+        comp = run.get("components")
+        if comp:
+            L.append(f"Left out of the score ({fam}), AUC per kind: local outlier factor in the embedding "
+                     + ", ".join(f"{k} {a:.3f}" for k, a in comp["local_outlier_factor"].items())
+                     + "; value relative to its 10 nearest training neighbours' "
+                     + ", ".join(f"{k} {a:.3f}" for k, a in comp["credit_vs_neighbours"].items()) + ".")
+            L.append("")
     L.append("Implausibility alone (no value), AUC per kind: " + ", ".join(
         f"{k} {a:.3f}" for k, a in r["implausibility"]["auc_alone"].items()) + ". Clean images' implausibility: "
         + ", ".join(f"q{k} {x:.2f}" for k, x in r["implausibility"]["clean_quantiles"].items()) + ".")
