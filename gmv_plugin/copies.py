@@ -4,11 +4,12 @@ A generated image is a copy when it is much closer to one training image than
 training images are to each other. Closeness is measured on a *copy
 descriptor* that ignores what a copy may change without becoming a new image:
 
-- position and zoom: the content's bounding box is cropped and resized to a
-  fixed square (shifted and cropped copies);
+- position and zoom: the content is sampled on a square grid centred on its
+  centroid and scaled by its radius of gyration (shifted and cropped copies);
 - contrast and brightness: the descriptor is the background-subtracted,
-  smoothed content, zero-mean and unit-norm (darker or washed-out copies);
-- light noise: smoothing before thresholding and comparing (noised copies);
+  smoothed content above 20% of its peak, zero-mean and unit-norm (darker or
+  washed-out copies);
+- light noise: smoothing and the threshold (noised copies);
 - mirroring: each generated image is compared unflipped and flipped left to
   right, the closer one counts (flipped copies).
 
@@ -33,6 +34,7 @@ CONTENT_THRESHOLD = 0.2  # share of the smoothed content's maximum
 GYRATION_SPAN = 2.0  # the descriptor spans this many radii of gyration each side
 COPY_THRESHOLD = 0.45
 COPY_SCORE_FLOOR = -10.0  # scores below are reported as this (finite in the fields)
+DUPLICATE_LOOKAHEAD = 8  # neighbours searched past exact duplicates for d2 and r
 
 
 def _descriptor_stack(x, size):
@@ -158,7 +160,8 @@ def copy_scores(gen_desc, gen_desc_flipped, train_desc):
 
     With ``d1`` and ``d2`` the distances from a generated image to its nearest
     and second-nearest training images, and ``r`` the nearest training
-    image's own distance to its nearest other training image, the score is
+    image's own distance to its nearest other training image (exact
+    duplicates in the training set count as one image), the score is
     ``1 - d1 / min(r, d2)``: 1 for an exact copy, about 0 or below for an
     image as far from its nearest training image as training images are from
     each other. Dividing by ``r`` calibrates the distance against how crowded
@@ -182,18 +185,25 @@ def copy_scores(gen_desc, gen_desc_flipped, train_desc):
     """
     if len(train_desc) < 3:
         raise ValueError("copy scores need at least 3 training images; got %d" % len(train_desc))
-    d, idx = nearest(gen_desc, train_desc, 2)
+    train_desc = np.asarray(train_desc, dtype=np.float32)
+    kk = min(DUPLICATE_LOOKAHEAD, len(train_desc))
+    d, idx = nearest(gen_desc, train_desc, kk)
     if gen_desc_flipped is not None:
-        df, idf = nearest(gen_desc_flipped, train_desc, 2)
+        df, idf = nearest(gen_desc_flipped, train_desc, kk)
         flipped = df[:, 0] < d[:, 0]
         d = np.where(flipped[:, None], df, d)
         idx = np.where(flipped[:, None], idf, idx)
     else:
         flipped = np.zeros(len(d), bool)
-    tnn, _ = nearest(train_desc, train_desc, 1, exclude_self=True)
-    tnn = tnn[:, 0]
-    d1, d2, j = d[:, 0].astype(np.float64), d[:, 1].astype(np.float64), idx[:, 0]
-    unit = np.minimum(tnn[j].astype(np.float64), d2)
+    j = idx[:, 0]
+    # exact duplicates of the nearest training image are the same image:
+    # d2 is the distance to the nearest training image that differs from it
+    same = np.linalg.norm(train_desc[idx] - train_desc[j][:, None], axis=2) <= 1e-6
+    d2 = _first_where(d, ~same)
+    td, _ = nearest(train_desc, train_desc, kk - 1, exclude_self=True)
+    tnn = _first_where(td, td > 1e-6)
+    d1 = d[:, 0].astype(np.float64)
+    unit = np.minimum(tnn[j].astype(np.float64), d2.astype(np.float64))
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(unit > 0, d1 / np.where(unit > 0, unit, 1.0), np.where(d1 > 0, np.inf, 0.0))
     return {
@@ -203,6 +213,13 @@ def copy_scores(gen_desc, gen_desc_flipped, train_desc):
         "flipped": flipped,
         "train_nn": tnn.astype(np.float32),
     }
+
+
+def _first_where(d, ok):
+    """Per row, the first ``d`` where ``ok``; the row's last ``d`` if none."""
+    has = ok.any(axis=1)
+    first = np.argmax(ok, axis=1)
+    return np.where(has, d[np.arange(len(d)), first], d[:, -1]).astype(np.float32)
 
 
 def copy_flags(copy_score, nearest_train, num_train, threshold=COPY_THRESHOLD):

@@ -82,6 +82,16 @@ def test_copy_scores_and_flags_hand_case():
         gmvc.copy_scores(gen, None, train[:2])
 
 
+def test_copies_of_duplicated_training_images_are_still_copies():
+    rng = np.random.default_rng(2)
+    train = rng.normal(size=(40, 8)).astype(np.float32)
+    train[10] = train[11] = train[12]  # one image three times in the training set
+    gen = np.stack([train[12] + 0.01, train[12], train[30] + 0.01])
+    out = gmvc.copy_scores(gen, None, train)
+    assert (out["copy_score"] > 0.9).all()
+    assert out["nearest"][2] == 30 and out["nearest"][0] in (10, 11, 12)
+
+
 def test_digit_attributes_hand_cases():
     bar = np.zeros((1, 28, 28))
     bar[0, 5:20, 10:13] = 1.0  # 3 wide, 15 tall
