@@ -92,7 +92,9 @@ def resolve_model(model):
     """Returns a FiftyOne model for ``model``: ``"pixels"``, a zoo model
     name, or a :class:`fiftyone.core.models.Model` instance.
 
-    Zoo models are checked for downloaded weights first; nothing is fetched.
+    Zoo models are checked for weights first; missing ones are downloaded
+    when allowed (see :mod:`gmv_plugin.weights`), else
+    :class:`~gmv_plugin.weights.MissingWeightsError` is raised.
     """
     if isinstance(model, fom.Model):
         if not isinstance(model, fom.EmbeddingsMixin) or not model.has_embeddings:
@@ -111,7 +113,7 @@ def resolve_model(model):
                 "(see fiftyone.zoo.list_zoo_models()), or a fiftyone Model "
                 "instance" % (model, BUILTIN_MODELS)
             )
-        check_zoo_model(model)
+        check_zoo_model(model, download=True)
         return foz.load_zoo_model(model)
     raise ValueError(
         "model must be 'pixels', a zoo model name or a fiftyone Model; "
@@ -147,6 +149,9 @@ def embed_to_file(
 ):
     """Embeds ``samples`` in order into a float32 ``.npy`` file.
 
+    Computed embeddings are written to ``embeddings_field`` only when they
+    have the dimension of the vectors already stored there.
+
     Args:
         samples: a sample collection
         path: the ``.npy`` file to write
@@ -174,6 +179,7 @@ def embed_to_file(
             "sample; field %r does not exist" % embeddings_field
         )
 
+    field_dim = _field_dim(samples, embeddings_field) if has_field else None
     out = None
     failed = []
     with fou.ProgressBar(total=len(ids), progress=progress) as pb:
@@ -181,7 +187,7 @@ def embed_to_file(
             chunk_ids = ids[start : start + chunk_size]
             chunk = samples.select(chunk_ids, ordered=True)
             embs = _chunk_embeddings(
-                chunk, model, embeddings_field, has_field, batch_size
+                chunk, model, embeddings_field, has_field, batch_size, field_dim
             )
             for sid, emb in zip(chunk_ids, embs):
                 if emb is None:
@@ -223,7 +229,14 @@ def embed_to_file(
     return ids, np.load(path, mmap_mode="r")
 
 
-def _chunk_embeddings(chunk, model, field, has_field, batch_size):
+def _field_dim(samples, field):
+    """The dimension of the vectors already in ``field`` on the dataset."""
+    dataset = samples._root_dataset
+    found = dataset.exists(field).limit(1).values(field)
+    return int(np.asarray(found[0]).size) if found else None
+
+
+def _chunk_embeddings(chunk, model, field, has_field, batch_size, field_dim=None):
     """Embeddings of ``chunk``, in order: read from ``field`` where present,
     else computed in memory with ``model`` and stored in ``field`` with one
     bulk write (``compute_embeddings(embeddings_field=...)`` saves sample by
@@ -241,6 +254,13 @@ def _chunk_embeddings(chunk, model, field, has_field, batch_size):
         embs[i] = emb
     if field is not None:
         new = {ids[i]: embs[i] for i in missing if embs[i] is not None}
+        dims = {int(np.asarray(e).size) for e in new.values()}
+        if field_dim is not None and dims - {field_dim}:
+            raise EmbeddingError(
+                "The model's embeddings have dimension %s but field %r holds %d-d vectors; "
+                "nothing was written to it. Use another embeddings_field"
+                % (sorted(dims), field, field_dim)
+            )
         if new:
             chunk.set_values(field, new, key_field="id")
     return embs

@@ -25,7 +25,7 @@ def read_image(path, size=None, mode="RGB"):
         raise ImageReadError("Image file not found: %s" % path)
     try:
         with Image.open(path) as img:
-            img = img.convert(mode)
+            img = _to_8bit(img).convert(mode)
             if size is not None and img.size != (size, size):
                 img = img.resize((size, size), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.float32) / 255.0
@@ -36,6 +36,15 @@ def read_image(path, size=None, mode="RGB"):
     else:
         arr = arr.transpose(2, 0, 1)
     return arr
+
+
+def _to_8bit(img):
+    """16-bit images keep their top 8 bits, as FiftyOne's own image loader
+    (OpenCV) does, so every stage sees the same pixels."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        arr = np.asarray(img).astype(np.uint32)
+        return Image.fromarray((arr >> 8).clip(0, 255).astype(np.uint8), "L")
+    return img
 
 
 def read_images(paths, size, mode="RGB"):
@@ -50,7 +59,9 @@ def read_images(paths, size, mode="RGB"):
 def to_pil(arr, mode="RGB"):
     """Converts a numpy image (HxW, HxWxC, uint8 or float in [0, 1]) to PIL."""
     arr = np.asarray(arr)
-    if arr.dtype != np.uint8:
+    if arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    elif arr.dtype != np.uint8:
         arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]

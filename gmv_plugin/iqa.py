@@ -9,6 +9,7 @@ from gmv_plugin.images import read_image
 from gmv_plugin.quality import QualityScorer
 from gmv_plugin.weights import (
     MissingWeightsError,
+    hub_offline,
     check_pyiqa,
     pyiqa_cache_dir,
     pyiqa_metric_config,
@@ -146,14 +147,17 @@ class PyiqaQuality(QualityScorer):
         return self._metric
 
     def _load(self):
-        self.check()
+        validate_metric(self.metric)
+        self._traced = check_pyiqa(self.metric, download=True) is not None
         import pyiqa
 
         from gmv_plugin.perceptual import default_device
 
         self.device = default_device(self.device)
         attempts = []
-        with _record_pyiqa_downloads(attempts):
+        # traced metrics have every file in place: the hub need not be asked
+        offline = hub_offline() if self._traced else contextlib.nullcontext()
+        with _record_pyiqa_downloads(attempts), offline:
             try:
                 return pyiqa.create_metric(
                     self.metric, as_loss=False, device=self.device

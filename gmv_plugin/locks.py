@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 
 import pymongo.errors
@@ -154,9 +155,10 @@ class RunLock(object):
 
 
 @contextlib.contextmanager
-def run_lock(dataset, key, operation):
-    """Holds run ``key``'s lock for the block; raises :class:`RunLockedError`
-    at once, naming the holder, when another process holds it."""
+def run_lock(dataset, key, operation, wait=0):
+    """Holds run ``key``'s lock for the block; raises :class:`RunLockedError`,
+    naming the holder, when another process holds it (at once, or after
+    ``wait`` seconds of retrying)."""
     lid = lock_id(dataset, key)
     with _held_guard:
         entry = _held.get(lid)
@@ -170,7 +172,15 @@ def run_lock(dataset, key, operation):
                 entry[1] -= 1
         return
     lock = RunLock(dataset, key, operation)
-    lock.acquire()
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            lock.acquire()
+            break
+        except RunLockedError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
     with _held_guard:
         _held[lid] = [lock, 1]
     try:
@@ -179,6 +189,13 @@ def run_lock(dataset, key, operation):
         with _held_guard:
             del _held[lid]
         lock.release()
+
+
+def schema_lock(dataset):
+    """Serializes GMValuator's changes of the dataset document (field schema,
+    run documents): FiftyOne saves them from an in-memory copy, so two
+    processes changing them at once could lose one's change."""
+    return run_lock(dataset, "_schema", "schema change", wait=120)
 
 
 def is_held_here(dataset, key):

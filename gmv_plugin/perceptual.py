@@ -1,7 +1,8 @@
 """Perceptual re-rankers: LPIPS and DreamSim.
 
-Both load their real pretrained models and fail fast, before any image is
-read, when the weights are not on this machine (see :mod:`gmv_plugin.weights`).
+Both load their real pretrained models. Missing weights are downloaded on
+first use where allowed; otherwise the check fails fast, before any image is
+read (see :mod:`gmv_plugin.weights`).
 """
 
 import contextlib
@@ -102,7 +103,7 @@ class LPIPSReranker(Reranker):
         return self._model
 
     def _load(self):
-        self.check()
+        check_lpips(self.net, self.version, backbone=not self.random_backbone, download=True)
         import lpips
         import torch
 
@@ -296,7 +297,7 @@ class DreamSimReranker(FeatureReranker):
         return self._model
 
     def _load(self):
-        self.check()
+        check_dreamsim(self.cache_dir, download=True)
         self.device = default_device(self.device)
         with keep_torch_hub_dir():
             from dreamsim import dreamsim

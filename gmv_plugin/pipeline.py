@@ -96,12 +96,11 @@ def compute_values(
     Returns:
         a :class:`gmv_plugin.runs.GMValuationResults`
     """
-    params = dict(locals())
-    for name in ("train_view", "generated_view", "key", "overwrite", "progress"):
-        params.pop(name)
+    params = _model_params(locals())
     dataset = train_view._root_dataset
     gmvval.check_key(dataset, key, overwrite=overwrite)
     with gmvstore.writing(dataset, key, "compute_values") as lock:
+        _sweep()
         valuation = _prepare(train_view, generated_view, key, overwrite, params, progress=progress)
         return valuation.run(progress=progress, lock=lock)
 
@@ -131,15 +130,19 @@ def init_valuation(
     :class:`Valuation` whose stages can be run one by one (e.g. with
     :func:`compute_embeddings`, then :func:`build_index`, ...).
     """
-    params = dict(locals())
-    for name in ("train_view", "generated_view", "key", "overwrite", "_generated_added"):
-        params.pop(name)
+    params = _model_params(locals())
     dataset = train_view._root_dataset
     gmvval.check_key(dataset, key, overwrite=overwrite)
     with gmvstore.writing(dataset, key, "init_valuation") as lock:
         valuation = _prepare(train_view, generated_view, key, overwrite, params, _generated_added)
         valuation.commit(lock, reused=[])
     return valuation
+
+
+def _model_params(scope):
+    """The valuation parameters among a caller's arguments."""
+    skip = ("train_view", "generated_view", "key", "overwrite", "progress", "_generated_added")
+    return {k: v for k, v in scope.items() if k not in skip}
 
 
 def _prepare(train_view, generated_view, key, overwrite, params, generated_added=None, progress=None):
@@ -184,6 +187,13 @@ def _prepare(train_view, generated_view, key, overwrite, params, generated_added
         generated_added=list(generated_added or []),
     )
     return Valuation(dataset, key, config=config, model=model, reranker=reranker, scorer=scorer)
+
+
+def _sweep():
+    try:
+        gmvstore.cleanup_runs()
+    except Exception as e:  # housekeeping must never fail a valuation
+        logger.warning("Could not sweep old run files: %s", e)
 
 
 def _known_dim(model):
@@ -350,7 +360,8 @@ class Valuation(object):
         self.generated_view = gmvruns.generated_view(dataset, config)
         stat = self._needs_images()
         self.train = self._resolve("embed_train", SampleSet.read(self.train_view, "training", stat))
-        self.gen = self._resolve("embed_generated", SampleSet.read(self.generated_view, "generated", stat))
+        self._gen_read = SampleSet.read(self.generated_view, "generated", stat)
+        self.gen = self._resolve("embed_generated", self._gen_read)
 
     # inputs ----------------------------------------------------------------
 
@@ -376,23 +387,30 @@ class Valuation(object):
             if entry.get("emb") != self._emb_digest():
                 continue
             if entry.get("side_digest") == current.digest:
-                alive = None
-            else:
-                stored_keys = self.store.load_array(entry["files"]["keys"], mmap=False)
-                if not np.isin(current.keys, stored_keys).all():
-                    continue
+                return self._stored_side(entry, None)
+            stored_keys = self.store.load_array(entry["files"]["keys"], mmap=False)
+            if np.isin(current.keys, stored_keys).all():
                 alive = np.isin(stored_keys, current.keys)
                 logger.info("Run %r: %d samples of %s were deleted since it was computed; "
                             "they are left out", self.key, int((~alive).sum()), part[6:])
-            side = SampleSet(
-                self.store.load_array(entry["files"]["ids"], mmap=False),
-                self.store.load_array(entry["files"]["paths"], mmap=False),
-                self.store.load_array(entry["files"]["keys"], mmap=False),
-                alive=alive,
-            )
-            side.digest = entry["side_digest"]
-            return side
+                return self._stored_side(entry, alive)
         return current
+
+    def _stored_side(self, entry, alive):
+        files = entry["files"]
+        side = SampleSet(*(self.store.load_array(files[f], mmap=False) for f in ("ids", "paths", "keys")),
+                         alive=alive)
+        side.digest = entry["side_digest"]
+        return side
+
+    def _stored_generated(self, present_keys):
+        """The stored generated side, masked to the samples among
+        ``present_keys`` (None when nothing matching is stored)."""
+        for entry in self._entries("embed_generated"):
+            if entry.get("emb") == self._emb_digest():
+                alive = np.isin(self.store.load_array(entry["files"]["keys"], mmap=False), present_keys)
+                return self._stored_side(entry, None if alive.all() else alive)
+        return None
 
     def _entries(self, part):
         out = []
@@ -776,22 +794,25 @@ class Valuation(object):
                 "generated_view must come from dataset %r; got a view of %r"
                 % (self.dataset.name, generated_view._root_dataset.name)
             )
-        view_ids = generated_view.values("id")
-        in_train = set(view_ids).intersection(self.train.ids[self.train.alive_rows()].tolist())
+        stat = self._needs_images()
+        view = SampleSet.read(generated_view, "generated", stat)
+        in_train = set(view.ids.tolist()).intersection(self.train.ids[self.train.alive_rows()].tolist())
         if in_train:
             raise ValueError(
                 "generated_view contains %d training samples of run %r, e.g. %s"
                 % (len(in_train), self.key, sorted(in_train)[:3])
             )
+        # the run's generated samples as stored, less those deleted or edited since
+        present = np.concatenate([self._gen_read.keys, view.keys])
+        self.gen = self._stored_generated(present) or self.gen
         for stage in STAGES[:-1]:
             self._require(stage)
-        known = set(self.gen.ids.tolist())
-        new_ids = [i for i in view_ids if i not in known]
-        if not new_ids and self.gen.alive is None:
+        is_new = ~np.isin(view.keys, self.gen.keys[self.gen.alive_rows()])
+        if not is_new.any() and self.gen.alive is None:
             self._stage_values(progress=_stage_progress(progress, "values"))
             return self.commit(lock, reused=list(STAGES[:-1]))
-        new = SampleSet.read(self.dataset.select(new_ids, ordered=True), "generated",
-                             self._needs_images()) if new_ids else None
+        new = SampleSet(view.ids[is_new], view.paths[is_new], view.keys[is_new]) if is_new.any() else None
+        new_ids = new.ids.tolist() if new is not None else []
         keep = self.gen.alive_rows()
         arrays = {
             "emb": self._array("embed_generated", "emb")[keep],

@@ -28,6 +28,7 @@ import shutil
 import uuid
 
 import numpy as np
+import pymongo.errors
 from bson import ObjectId
 
 import fiftyone as fo
@@ -281,7 +282,11 @@ def _ensure_indexes(dataset, key, present):
     for s in INDEXED:
         name = "%s_%s" % (key, s)
         if name in present and name not in existing:
-            dataset.create_index(name)
+            try:
+                dataset.create_index(name)
+            except pymongo.errors.OperationFailure as e:  # e.g. MongoDB's 64 indexes per collection
+                logger.warning("Could not index field %r (sorting by it stays possible, "
+                               "but slower): %s", name, e)
 
 
 def _drop_indexes(dataset, key):
@@ -354,25 +359,31 @@ def _apply_save(dataset, key, journal):
     staging = journal.get("staging")
     fields = journal.get("fields")
     if fields is not None:
-        _declare_fields(dataset, fields)
+        with locks.schema_lock(dataset):
+            dataset.reload()
+            _declare_fields(dataset, fields)
         crashpoint("commit.declared")
         if staging and staging in _db().list_collection_names():
             _merge_staging(dataset, key, staging)
         crashpoint("commit.merged")
-        stale = [f for f in gmvruns.all_field_names(key) if f not in fields and dataset.has_field(f)]
-        if stale:
-            dataset.delete_sample_fields(stale)
+        with locks.schema_lock(dataset):
+            dataset.reload()
+            stale = [f for f in gmvruns.all_field_names(key) if f not in fields and dataset.has_field(f)]
+            if stale:
+                dataset.delete_sample_fields(stale)
         _ensure_indexes(dataset, key, fields)
         dataset.reload()
     crashpoint("commit.fields")
     config = gmvruns.GMValuationConfig.from_dict(journal["config"])
-    if key not in dataset.list_runs() or dataset.get_run_info(key).config.serialize() != journal["config"]:
-        dataset.register_run(key, config, overwrite=True, cleanup=False)
-    crashpoint("commit.config")
-    if journal["results"] is not None:
-        results = gmvruns.GMValuationResults.from_dict(journal["results"], dataset, config, key)
-        dataset.save_run_results(key, results, overwrite=True, cache=False)
-    crashpoint("commit.results")
+    with locks.schema_lock(dataset):
+        dataset.reload()
+        if key not in dataset.list_runs() or dataset.get_run_info(key).config.serialize() != journal["config"]:
+            dataset.register_run(key, config, overwrite=True, cleanup=False)
+        crashpoint("commit.config")
+        if journal["results"] is not None:
+            results = gmvruns.GMValuationResults.from_dict(journal["results"], dataset, config, key)
+            dataset.save_run_results(key, results, overwrite=True, cache=False)
+        crashpoint("commit.results")
     RunStore(dataset, key).write_manifest(journal["manifest"])
     crashpoint("commit.manifest")
     _drop_staging(staging)
@@ -381,9 +392,11 @@ def _apply_save(dataset, key, journal):
 def _apply_delete(dataset, key):
     remove_run_files(dataset, key)
     crashpoint("delete.fields")
-    if key in dataset.list_runs():
-        foruns.Run.delete_run(dataset, key, cleanup=False)
-    crashpoint("delete.run")
+    with locks.schema_lock(dataset):
+        dataset.reload()
+        if key in dataset.list_runs():
+            foruns.Run.delete_run(dataset, key, cleanup=False)
+        crashpoint("delete.run")
 
 
 def remove_run_files(dataset, key):
@@ -391,9 +404,11 @@ def remove_run_files(dataset, key):
     (idempotent)."""
     dataset = dataset._root_dataset
     _drop_indexes(dataset, key)
-    fields = gmvruns._existing_fields(dataset, key)
-    if fields:
-        dataset.delete_sample_fields(fields)
+    with locks.schema_lock(dataset):
+        dataset.reload()
+        fields = gmvruns._existing_fields(dataset, key)
+        if fields:
+            dataset.delete_sample_fields(fields)
     shutil.rmtree(gmvruns.run_dir(dataset, key), ignore_errors=True)
     for name in _db().list_collection_names(filter={"name": {"$regex": "^" + _re(staging_prefix(dataset, key))}}):
         _db().drop_collection(name)
@@ -407,8 +422,10 @@ def _re(s):
 
 def _apply_rename(dataset, key, new_key):
     move_run_files(dataset, key, new_key)
-    if key in dataset.list_runs() and new_key not in dataset.list_runs():
-        dataset.rename_run(key, new_key)
+    with locks.schema_lock(dataset):
+        dataset.reload()
+        if key in dataset.list_runs() and new_key not in dataset.list_runs():
+            dataset.rename_run(key, new_key)
 
 
 def move_run_files(dataset, key, new_key):
@@ -416,11 +433,13 @@ def move_run_files(dataset, key, new_key):
     (idempotent)."""
     dataset = dataset._root_dataset
     _drop_indexes(dataset, key)
-    for field in gmvruns._existing_fields(dataset, key):
-        new = new_key + field[len(key):]
-        if not dataset.has_field(new):
-            dataset.rename_sample_field(field, new)
-        crashpoint("rename.field")
+    with locks.schema_lock(dataset):
+        dataset.reload()
+        for field in gmvruns._existing_fields(dataset, key):
+            new = new_key + field[len(key):]
+            if not dataset.has_field(new):
+                dataset.rename_sample_field(field, new)
+            crashpoint("rename.field")
     _ensure_indexes(dataset, new_key, gmvruns._existing_fields(dataset, new_key))
     old_dir, new_dir = gmvruns.run_dir(dataset, key), gmvruns.run_dir(dataset, new_key)
     if os.path.isdir(old_dir):

@@ -15,6 +15,7 @@ from gmv_plugin import index as gmvi
 from gmv_plugin import runs as gmvruns
 
 MAX_KEY_LENGTH = 64
+POSITIVE_INTS = ("size", "batch_size", "cache_mb")
 
 
 def _is_int(x):
@@ -174,7 +175,19 @@ def _component_error(kind, name, params):
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         return "Unknown %s_params %s for %s=%r; allowed are %s" % (kind, unknown, kind, name, allowed)
-    return None
+    errors = []
+    for p in POSITIVE_INTS:
+        if params.get(p) is not None:
+            errors.append(_int_error("%s_params %s" % (kind, p), params[p], 1))
+    if params.get("mode") is not None and params["mode"] not in ("RGB", "L"):
+        errors.append("%s_params mode must be one of ('RGB', 'L'); got %r" % (kind, params["mode"]))
+    if params.get("net") is not None:
+        from gmv_plugin.perceptual import LPIPS_NETS
+
+        if params["net"] not in LPIPS_NETS:
+            errors.append("%s_params net must be one of %s; got %r" % (kind, LPIPS_NETS, params["net"]))
+    errors = [e for e in errors if e]
+    return "; ".join(errors) or None
 
 
 def _component_class(kind, name):

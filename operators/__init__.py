@@ -13,7 +13,7 @@ try:
 except ImportError:  # loaded as a plugin from a checkout that isn't installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-MODULES = ("pipeline", "stages", "navigation", "runs", "evaluation")
+MODULES = ("pipeline", "stages", "navigation", "runs", "evaluation", "weights")
 
 
 def operator_classes():

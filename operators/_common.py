@@ -254,9 +254,10 @@ def run_key(ctx, name="run_key"):
 
 
 def weights_problem(check, *args):
-    """The message of a failed weights check, or None."""
+    """The message of a failed weights check (missing and not downloadable
+    here), or None; the check does not contact the download source."""
     try:
-        check(*args)
+        check(*args, probe=False)
     except gmvw.MissingWeightsError as e:
         return str(e)
     except ValueError as e:
@@ -288,10 +289,26 @@ def _add_choice(inputs, ctx, name, labels, label, defaults, problems=None, radio
     return param(ctx, name, d)
 
 
-def _warn(inputs, name, problem, what):
+def _warn(inputs, name, problem, what, model=None):
+    """A warning when weights are missing here, else a notice when ``model``'s
+    weights will be downloaded on first use."""
     if problem:
         inputs.view(name, types.Warning(
             label="%s cannot run here: weights are missing" % what, description=problem))
+        return
+    if model is None:
+        return
+    try:
+        s = gmvw.model_status(model)
+    except ValueError:
+        return
+    if s["state"] == "missing" and s["downloadable"]:
+        size = s["download_bytes"]
+        inputs.view(name, types.Notice(
+            label="%s: weights will be downloaded on first use (%s)"
+            % (what, gmvw.checks.format_bytes(size) if size else "size unknown"),
+            description="From " + ", ".join(
+                sorted({f["url"] for f in s["files"] if not f["present"] and f["url"]}))))
 
 
 def add_encoder(inputs, ctx, defaults=None):
@@ -309,7 +326,7 @@ def add_encoder(inputs, ctx, defaults=None):
                    view=types.AutocompleteView(choices=[types.Choice(n, label=n) for n in names]))
         name = param(ctx, "zoo_model", d_model)
         problem = weights_problem(gmvw.check_zoo_model, name)
-        _warn(inputs, "zoo_model_warning", problem, "Zoo model %r" % name)
+        _warn(inputs, "zoo_model_warning", problem, "Zoo model %r" % name, model=name)
     elif enc == "field":
         fields = sorted(
             p for p, f in ctx.dataset.get_field_schema().items()
@@ -372,7 +389,9 @@ def add_rerank(inputs, ctx, defaults=None):
     if rerank in ("l2", "lpips"):
         inputs.int("rerank_size", min=1, default=defaults.get("rerank_size"),
                    label="Resolution (pixels)", description="blank = the re-ranker's default")
-    _warn(inputs, "rerank_warning", problems.get(rerank), RERANK_LABELS.get(rerank, rerank))
+    model = {"lpips": "lpips-%s" % net, "dreamsim": "dreamsim"}.get(rerank)
+    _warn(inputs, "rerank_warning", problems.get(rerank), RERANK_LABELS.get(rerank, rerank),
+          model=model)
 
 
 def rerank_kwargs(ctx):
@@ -392,12 +411,13 @@ def add_quality(inputs, ctx, defaults=None):
     quality = _add_choice(inputs, ctx, "quality", QUALITY_LABELS, "Quality model", defaults,
                           problems)
     problem = problems.get(quality)
+    metric = quality if quality == "maniqa" else None
     if quality == "other":
         inputs.str("quality_metric", default=defaults.get("quality_metric"), label="pyiqa metric",
                    description="a higher-is-better no-reference metric, e.g. musiq, clipiqa")
         metric = param(ctx, "quality_metric")
         problem = _quality_problem(metric) if metric else None
-    _warn(inputs, "quality_warning", problem, "Quality model")
+    _warn(inputs, "quality_warning", problem, "Quality model", model=metric)
 
 
 def quality_kwargs(ctx):

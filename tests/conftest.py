@@ -32,6 +32,9 @@ os.environ["GMV_RUNS_DIR"] = str(_TMP / "runs")
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
+# No test downloads real weights: missing ones fail as on an offline machine
+# (tests/test_weights.py lifts this for its 127.0.0.1 server).
+os.environ.setdefault("GMV_OFFLINE", "1")
 
 import pytest  # noqa: E402
 

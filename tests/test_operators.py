@@ -85,7 +85,7 @@ def test_manifest_lists_every_registered_operator():
         if op.plugin_name == "@gmvaluator/gmv"
     }
     assert registered == set(manifest["operators"])
-    assert len(manifest["operators"]) == len(set(manifest["operators"])) == 17
+    assert len(manifest["operators"]) == len(set(manifest["operators"])) == 18
     assert "@gmvaluator/gmv" in [p.name for p in fop.list_plugins()]
 
 
