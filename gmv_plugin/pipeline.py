@@ -665,9 +665,7 @@ class Valuation(object):
             q = self._array("quality", "q", mmap=False)
             tau = resolve_temperature(dists, self.config.temperature)
             out = compute_credit(dists, idx, q, tau, len(self.train), self.train.alive, self.gen.alive)
-            start = time.perf_counter()
             truth, source = self._truth_columns(out["values"])
-            truth_seconds = time.perf_counter() - start
             self._staged = self._stage_fields(out, dists, idx, q, progress, truth)
             files = {
                 "values": self.store.save_array("values", out["values"]),
@@ -678,8 +676,7 @@ class Valuation(object):
                 "num_contributing": int((out["hits"] > 0).sum()),
                 "num_train": int(len(self.train.alive_rows())),
                 "num_generated": int(len(self.gen.alive_rows())),
-                "truth": {"source": source, "seconds": truth_seconds,
-                          "num_copies": int(truth["generated"]["is_copy"].sum())},
+                "truth": {"source": source, "num_copies": int(truth["generated"]["is_copy"].sum())},
             }
             return files, info
 
