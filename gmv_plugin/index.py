@@ -5,7 +5,8 @@
 shortlist of ``refine * K`` PQ candidates with exact distances (FAISS's
 ``IndexRefineFlat``), which restores near-exact recall at the cost of keeping
 the raw vectors; ``refine=0`` keeps only the codes. The index is trained on a
-sample and filled in batches.
+sample and filled in batches. ``brain`` recalls through an existing FiftyOne
+Brain similarity index instead (:mod:`gmv_plugin.brain`).
 """
 
 import logging
@@ -15,7 +16,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-INDEX_TYPES = ("auto", "flat", "pq", "ivfpq")
+INDEX_TYPES = ("auto", "flat", "pq", "ivfpq", "brain")
 INDEX_PARAMS = ("M", "nbits", "nlist", "nprobe", "refine", "train_size")
 
 # Below this many training images exact search is cheap and PQ codebooks
@@ -41,6 +42,11 @@ def check_params(params, index="auto", n=None, d=None):
     """Raises a ValueError naming every unknown or out-of-range entry of
     ``params``; ``n`` (training vectors) and ``d`` (dimension) enable the
     checks that need them."""
+    if index == "brain":
+        from gmv_plugin import brain as gmvb
+
+        gmvb.check_params(params)
+        return
     if params is None:
         return
     if not isinstance(params, dict):

@@ -21,6 +21,7 @@ import time
 import numpy as np
 import fiftyone.core.utils as fou
 
+from gmv_plugin import brain as gmvb
 from gmv_plugin import cleansing as gmvcl
 from gmv_plugin import embeddings as gmve
 from gmv_plugin import index as gmvi
@@ -72,9 +73,14 @@ def compute_values(
             weight-free), a FiftyOne zoo model name, or a FiftyOne ``Model``
         embeddings_field (None): a field holding embeddings to use, or where
             to store those computed with ``model``
-        index ("auto"): the recall index, one of ``auto|flat|pq|ivfpq``
+        index ("auto"): the recall index, one of ``auto|flat|pq|ivfpq|brain``;
+            ``brain`` recalls through an existing FiftyOne Brain similarity
+            index over the training samples, whose model or embeddings field
+            then embeds the generated samples (leave ``model`` and
+            ``embeddings_field`` unset); see :mod:`gmv_plugin.brain`
         index_params (None): dict of ``M``, ``nbits``, ``nlist``, ``nprobe``,
-            ``refine``, ``train_size``; see :func:`gmv_plugin.index.default_params`
+            ``refine``, ``train_size``; see :func:`gmv_plugin.index.default_params`;
+            for ``brain``: ``brain_key`` (required) and ``batch_size``
         rerank ("none"): ``none|l2|lpips|dreamsim`` or a ``Reranker``
         rerank_params (None): re-ranker options (e.g. ``size``, ``net``)
         quality ("none"): ``none|realism|maniqa``, another pyiqa
@@ -159,6 +165,11 @@ def _prepare(train_view, generated_view, key, overwrite, params, generated_added
         batch_size=p["batch_size"], embeddings_field=p["embeddings_field"], progress=progress,
         dim=_known_dim(p["model"]),
     )
+    if p["index"] == "brain":
+        p = dict(p, **gmvb.run_spec(
+            dataset, p["index_params"], model=p["model"], embeddings_field=p["embeddings_field"],
+            quality=p["quality"], default_model=gmve.DEFAULT_MODEL,
+        ))
     model = p["model"]
     if model is None and p["embeddings_field"] is None:
         raise ValueError("Provide a model, or model=None with an existing embeddings_field")
@@ -378,7 +389,23 @@ class Valuation(object):
         return True
 
     def _emb_digest(self):
-        return _digest({"model": self.config.model, "embeddings_field": self.config.embeddings_field})
+        spec = {"model": self.config.model, "embeddings_field": self.config.embeddings_field}
+        if self._brain_key():
+            spec["brain"] = True  # the training side keeps ids only
+        return _digest(spec)
+
+    def _brain_key(self):
+        return self.config.index_params.get("brain_key") if self.config.index == "brain" else None
+
+    def _brain_recall(self):
+        """The Brain index of an ``index="brain"`` run, checked against the
+        run's training samples (see :class:`gmv_plugin.brain.BrainRecall`)."""
+        if self.__dict__.get("_brain") is None:
+            self._brain = gmvb.BrainRecall(
+                self.dataset, self._brain_key(), self.train.ids,
+                batch_size=self.config.index_params.get("batch_size"), required=self.train.alive,
+            )
+        return self._brain
 
     def _resolve(self, part, current):
         """The stored side ``current`` matches: the same samples, or a subset
@@ -569,7 +596,10 @@ class Valuation(object):
 
     def _stage_embed(self, progress=None, force=False):
         model = None
-        if self._model is not None and not (self.config.embeddings_field and self._field_complete()):
+        brain_key = self._brain_key()
+        if brain_key is None and self._model is not None and not (
+            self.config.embeddings_field and self._field_complete()
+        ):
             model = gmve.resolve_model(self._model)
         for part, what, view in (("embed_train", "train", self.train_view),
                                  ("embed_generated", "gen", self.generated_view)):
@@ -580,16 +610,24 @@ class Valuation(object):
                 side = SampleSet.read(view, what, self._needs_images())
                 setattr(self, what, side)
             start = time.perf_counter()
-            name, tmp = self.store.new_file(part, ".npy")
-            ids, emb = gmve.embed_to_file(
-                view, tmp, model=model, embeddings_field=self.config.embeddings_field,
-                batch_size=self.config.batch_size, progress=progress,
-            )
-            if list(ids) != side.ids.tolist():
-                raise RuntimeError("The %s samples changed while they were embedded; try again" % what)
-            _check_finite(emb, side.ids)
-            del emb
-            files = {"emb": self.store.seal(name)}
+            if brain_key is not None and what == "train":
+                files, ids = {}, side.ids  # the training vectors live in the Brain index
+            else:
+                name, tmp = self.store.new_file(part, ".npy")
+                if brain_key is not None:
+                    ids, emb = gmvb.embed_queries(
+                        view, brain_key, tmp, batch_size=self.config.batch_size, progress=progress,
+                    )
+                else:
+                    ids, emb = gmve.embed_to_file(
+                        view, tmp, model=model, embeddings_field=self.config.embeddings_field,
+                        batch_size=self.config.batch_size, progress=progress,
+                    )
+                if list(ids) != side.ids.tolist():
+                    raise RuntimeError("The %s samples changed while they were embedded; try again" % what)
+                _check_finite(emb, side.ids)
+                del emb
+                files = {"emb": self.store.seal(name)}
             for label, arr in (("ids", side.ids.astype(str)), ("paths", side.paths.astype(str)), ("keys", side.keys)):
                 files[label] = self.store.save_array("%s_%s" % (part, label), arr)
             self._put(part, time.perf_counter() - start, files, count=len(ids),
@@ -604,6 +642,9 @@ class Valuation(object):
         self._require("embed")
 
         def build(progress):
+            if self._brain_key():
+                # nothing to build: check the Brain index covers the training samples
+                return {}, {"index_type": "brain", "index_params": self._brain_recall().describe()}
             itype, params = self._index_params()
             index = gmvi.build_index(self._array("embed_train", "emb"), itype, params, progress=progress)
             name, tmp = self.store.new_file("index", ".faiss")
@@ -726,6 +767,8 @@ class Valuation(object):
     # array-level steps, shared by the stages and by incremental updates -----
 
     def _recall(self, gen_emb):
+        if self._brain_key():
+            return self._brain_recall().search(gen_emb, self.config.recall_k)
         index = gmvi.load_index(self.store.path(self.entry("index")["files"]["index"]))
         _, params = self._index_params()
         return gmvi.search(index, gen_emb, self.config.recall_k, params)
@@ -820,13 +863,19 @@ class Valuation(object):
         seconds = {p: self.entry(p)["seconds"] for p in ("embed_generated", "recall", "rerank", "quality")}
         if new is not None:
             t = time.perf_counter()
-            model = None if self._model is None else gmve.resolve_model(self._model)
             name, tmp = self.store.new_file("embed_new", ".npy")
-            ids, new_emb = gmve.embed_to_file(
-                self.dataset.select(new_ids, ordered=True), tmp, model=model,
-                embeddings_field=self.config.embeddings_field, batch_size=self.config.batch_size,
-                progress=_stage_progress(progress, "embed"),
-            )
+            if self._brain_key():
+                ids, new_emb = gmvb.embed_queries(
+                    self.dataset.select(new_ids, ordered=True), self._brain_key(), tmp,
+                    batch_size=self.config.batch_size, progress=_stage_progress(progress, "embed"),
+                )
+            else:
+                model = None if self._model is None else gmve.resolve_model(self._model)
+                ids, new_emb = gmve.embed_to_file(
+                    self.dataset.select(new_ids, ordered=True), tmp, model=model,
+                    embeddings_field=self.config.embeddings_field, batch_size=self.config.batch_size,
+                    progress=_stage_progress(progress, "embed"),
+                )
             _check_finite(new_emb, np.asarray(ids, dtype=object))
             new_emb = np.array(new_emb)
             os.remove(tmp)

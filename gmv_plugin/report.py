@@ -32,11 +32,13 @@ def build_report(samples, key="gmv", n=10, bins=30, data_url=True):
         a dict with ``key``, ``dataset``, ``counts`` (train, generated,
         contributing, zero_value, unvalued), ``values`` (min, max, mean,
         median, sum, p90, p99), ``quality`` (min, mean, max of ``q_j``),
-        ``histogram`` (counts, edges, zero_count, path, data_url), ``top`` and
-        ``bottom`` (lists of id, filepath, value, hits), ``remove_first``
-        (the lowest cleansing scores: id, filepath, cleansing, value),
+        ``histogram`` (counts, edges, zero_count, path, data_url), ``top``
+        (the ``n`` most valuable) and ``bottom`` (the ``n`` least valuable
+        among the non-zero values; ``counts["zero_value"]`` counts the
+        others), lists of id, filepath, value, hits; ``remove_first`` (the
+        lowest cleansing scores: id, filepath, cleansing, value),
         ``possible_copies`` (``count`` and ``rows`` of id, filepath,
-        copy_score; None for runs without these fields), ``timings``
+        copy_score; None for runs without these fields); ``timings``
         (seconds per stage), ``total_seconds``, ``reused`` and ``config``
     """
     dataset = samples._root_dataset
@@ -113,7 +115,7 @@ def build_report(samples, key="gmv", n=10, bins=30, data_url=True):
             ),
         },
         "top": rows(results.top(n)),
-        "bottom": rows(results.bottom(n)),
+        "bottom": rows(nonzero.sort_by(value).limit(n)),
         "remove_first": remove_first,
         "possible_copies": copies,
         "timings": timings,
@@ -164,34 +166,44 @@ def _truth_rows(dataset, train, generated, key, n):
     return remove_first, copies
 
 
+#: the FiftyOne App's dark theme
+_BG, _FG, _GRID, _BAR = "#1a1a1a", "#d0d0d0", "#3a3a3a", "#ff6d04"
+
+
 def _histogram_png(counts, edges, zero, key):
-    """Draws the non-zero value histogram (log count axis) as PNG bytes,
-    without touching pyplot's global state."""
+    """Draws the non-zero value histogram (log count axis, integer labels)
+    as PNG bytes in the App's dark colours, without touching pyplot's global
+    state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    fig = Figure(figsize=(6.4, 3.2), dpi=100)
+    fig = Figure(figsize=(6.4, 3.2), dpi=100, facecolor=_BG)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    ax = fig.add_subplot(1, 1, 1, facecolor=_BG)
     if len(counts):
         widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
         ax.bar(edges[:-1], counts, width=widths, align="edge",
-               color="#ff6d04", edgecolor="white", linewidth=0.5)
+               color=_BAR, edgecolor=_BG, linewidth=0.5)
         if max(counts) > 20:
-            from matplotlib.ticker import NullFormatter, ScalarFormatter
-
             ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: "%d" % y if y >= 1 else ""))
             ax.yaxis.set_minor_formatter(NullFormatter())
     else:
         ax.text(0.5, 0.5, "no training sample has a non-zero value",
-                ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("%s_value (non-zero values)" % key)
-    ax.set_ylabel("training samples")
-    ax.set_title("Value distribution; %d training samples have value 0" % zero, fontsize=10)
+                ha="center", va="center", transform=ax.transAxes, color=_FG)
+    ax.set_xlabel("%s_value (non-zero values)" % key, color=_FG)
+    ax.set_ylabel("training samples", color=_FG)
+    ax.set_title("Value distribution; %d training samples have value 0" % zero,
+                 fontsize=10, color=_FG)
+    ax.tick_params(colors=_FG, which="both")
+    for spine in ax.spines.values():
+        spine.set_color(_GRID)
+    ax.grid(axis="y", color=_GRID, linewidth=0.5)
+    ax.set_axisbelow(True)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", facecolor=_BG)
     return buf.getvalue()
 
 
@@ -228,7 +240,9 @@ def report_markdown(report, tables=True, max_rows=None):
     ]
     if not tables:
         return "\n".join(lines)
-    for title, rows in (("Most valuable", report["top"]), ("Least valuable", report["bottom"])):
+    for title, rows in (("Most valuable", report["top"]),
+                        ("Least valuable (non-zero; %d have value 0)" % c["zero_value"],
+                         report["bottom"])):
         rows = rows if max_rows is None else rows[:max_rows]
         lines += ["", "**%s**" % title, "", "| # | sample | value | hits |", "|---|---|---|---|"]
         lines += [

@@ -7,6 +7,9 @@ with few or no ``params``.
 """
 
 
+import functools
+import re
+
 import fiftyone.core.fields as fof
 import fiftyone.core.utils as fou
 import fiftyone.operators as foo
@@ -19,7 +22,11 @@ from gmv_plugin import index as gmvi
 from gmv_plugin import navigation as gmvnav
 from gmv_plugin import report as gmvreport
 from gmv_plugin import runs as gmvruns
+from gmv_plugin import locks as gmvlocks
+from gmv_plugin import panel_data as gmvpanel
 from gmv_plugin import weights as gmvw
+
+from gmv_plugin import validation as gmvval
 
 SOURCES = {
     "tag": "Tag",
@@ -75,6 +82,31 @@ def param(ctx, name, default=None):
     """``ctx.params[name]``, or ``default`` when missing, None or ''."""
     value = ctx.params.get(name)
     return default if value is None or value == "" else value
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
+
+
+def md(text):
+    """``text`` with Markdown's special characters escaped, so that paths like
+    ``~/fiftyone/__models__`` render as written."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text))
+
+
+def code(text):
+    """``text`` as a Markdown code span (shown literally; no escaping)."""
+    text = str(text)
+    fence = "``" if "`" in text else "`"
+    return "%s%s%s" % (fence, text, fence)
+
+
+def first_sentence(text):
+    """The first sentence of an error message (for a field's error line)."""
+    text = str(text).strip()
+    for m in re.finditer(r"\.\s", text):
+        if not text[: m.start()].endswith(("e.g", "i.e", "etc", "vs")):
+            return text[: m.start() + 1]
+    return text
 
 
 def _dropdown(inputs, ctx, name, choices, label, default=None, empty=None, error=None, **warning):
@@ -198,25 +230,16 @@ def add_sample_set(inputs, ctx, prefix, label, default_tag):
 # ----------------------------------------------------------------- run keys
 
 
-def key_error(dataset, key, overwrite):
-    """Why ``key`` cannot be used for a new run, or None."""
-    if not isinstance(key, str) or not key.isidentifier():
-        return "The run key must be a Python identifier (letters, digits, _), e.g. gmv"
-    if key in dataset.list_runs():
-        if key not in gmvruns.list_runs(dataset):
-            return "Key %r is used by a run of another kind" % key
-        if not overwrite:
-            return "A GMValuator run %r exists: choose another key or tick overwrite" % key
-    elif not overwrite:
-        names = gmvruns.field_names(key)
-        taken = [f for f in names["train"] + names["generated"] if dataset.has_field(f)]
-        if taken:
-            return "Fields %s exist and would be replaced: choose another key or tick overwrite" % taken
-    return None
+def key_error(dataset, key, overwrite=False):
+    """Why ``key`` cannot be used for a new run, or None (the library's
+    rule: :func:`gmv_plugin.validation.key_error`)."""
+    return gmvval.key_error(dataset, key, overwrite=overwrite)
 
 
-def add_new_key(inputs, ctx, default="gmv"):
-    """A run key field, validated live, and an overwrite checkbox."""
+def add_new_key(inputs, ctx):
+    """A run key field, validated live (runs and existing fields), proposing
+    a key not in use, and an overwrite checkbox."""
+    default = gmvval.propose_key(ctx.dataset)
     key = param(ctx, "key", default)
     overwrite = bool(param(ctx, "overwrite", False))
     err = key_error(ctx.dataset, key, overwrite)
@@ -230,10 +253,12 @@ def add_new_key(inputs, ctx, default="gmv"):
 
 
 def add_run_choice(inputs, ctx, name="run_key", label="Valuation run"):
-    """A dropdown of the dataset's GMValuator runs; returns the chosen key or
-    None (with a warning) when there is no run."""
+    """A dropdown of the dataset's GMValuator runs, most recent first and
+    chosen by default; returns the chosen key or None (with a warning) when
+    there is no run."""
+    keys = gmvpanel.runs_by_recency(ctx.dataset)
     return _dropdown(
-        inputs, ctx, name, gmvruns.list_runs(ctx.dataset), label,
+        inputs, ctx, name, keys, label, keys[0] if keys else None,
         empty="No GMValuator run on this dataset", error="No GMValuator run",
         description="Compute values first (GMValuator: compute values).",
     )
@@ -247,6 +272,7 @@ def run_key(ctx, name="run_key"):
         if len(keys) != 1:
             raise ValueError("Choose a run (param %r) among %s" % (name, keys))
         key = keys[0]
+    gmvruns.get_run_config(ctx.dataset, key)  # a clear error for unknown keys
     return key
 
 
@@ -282,11 +308,19 @@ def _quality_problem(metric):
 def _add_choice(inputs, ctx, name, labels, label, defaults, problems=None, radio=False):
     """Option ``name``, chosen among ``labels`` (see :func:`_choice_view`) in
     a dropdown or radio group; its default is the run's (``defaults``) or
-    :data:`DEFAULTS`. Returns the chosen value."""
+    :data:`DEFAULTS`. A choice whose weights are missing (``problems``) makes
+    the form invalid while chosen. Returns the chosen value."""
     d = defaults.get(name, DEFAULTS[name])
     view = _choice_view(types.RadioGroup() if radio else types.DropdownView(), labels, problems)
-    inputs.enum(name, view.values(), default=d, label=label, view=view)
-    return param(ctx, name, d)
+    chosen = param(ctx, name, d)
+    problem = (problems or {}).get(chosen)
+    inputs.enum(name, view.values(), default=d, label=label, view=view,
+                invalid=bool(problem), error_message=_weights_line(problem))
+    return chosen
+
+
+def _weights_line(problem):
+    return "Weights are missing; choose another option or provide them" if problem else ""
 
 
 def _warn(inputs, name, problem, what, model=None):
@@ -294,7 +328,7 @@ def _warn(inputs, name, problem, what, model=None):
     weights will be downloaded on first use."""
     if problem:
         inputs.view(name, types.Warning(
-            label="%s cannot run here: weights are missing" % what, description=problem))
+            label="%s cannot run here: weights are missing" % what, description=md(problem)))
         return
     if model is None:
         return
@@ -327,6 +361,9 @@ def add_encoder(inputs, ctx, defaults=None):
         name = param(ctx, "zoo_model", d_model)
         problem = weights_problem(gmvw.check_zoo_model, name)
         _warn(inputs, "zoo_model_warning", problem, "Zoo model %r" % name, model=name)
+        if problem:
+            inputs.str("zoo_model_weights", view=types.HiddenView(), invalid=True,
+                       error_message=first_sentence(problem))
     elif enc == "field":
         fields = sorted(
             p for p, f in ctx.dataset.get_field_schema().items()
@@ -417,6 +454,9 @@ def add_quality(inputs, ctx, defaults=None):
                    description="a higher-is-better no-reference metric, e.g. musiq, clipiqa")
         metric = param(ctx, "quality_metric")
         problem = _quality_problem(metric) if metric else None
+        if problem:
+            inputs.str("quality_weights", view=types.HiddenView(), invalid=True,
+                       error_message=first_sentence(problem))
     _warn(inputs, "quality_warning", problem, "Quality model", model=metric)
 
 
@@ -429,35 +469,75 @@ def quality_kwargs(ctx):
     return {"quality": quality}
 
 
-def add_k(inputs, ctx, n_train=None, defaults=None):
+def default_k(n_train=None):
+    return min(DEFAULTS["k"], n_train) if n_train else DEFAULTS["k"]
+
+
+def live_errors(ctx, n_train=None, defaults=None):
+    """The library's verdict (:func:`gmv_plugin.validation.param_errors`) on
+    the form's k, recall_k, temperature and batch size: ``{name: message}``."""
     defaults = defaults or {}
-    d = defaults.get("k", min(DEFAULTS["k"], n_train) if n_train else DEFAULTS["k"])
-    inputs.int("k", min=1, max=n_train or None, default=d, label="Contributors per generated image (k)")
+    k = param(ctx, "k", defaults.get("k", default_k(n_train)))
+    recall_k = param(ctx, "recall_k", defaults.get("recall_k"))
+    current = defaults.get("temperature", DEFAULTS["temperature"])
+    auto = param(ctx, "auto_temperature")
+    if auto is None:  # an explicit temperature wins over the default
+        auto = param(ctx, "temperature") is None and current == "auto"
+    if auto:
+        temperature = "auto"
+    else:
+        temperature = param(ctx, "temperature", PAPER_TEMPERATURE if current == "auto" else current)
+    batch_size = param(ctx, "batch_size", defaults.get("batch_size", DEFAULTS["batch_size"]))
+    params = dict(k=k, recall_k=recall_k, temperature=temperature, batch_size=batch_size)
+    return gmvval.param_errors(n_train=n_train, **params)
+
+
+def _invalid(errors, name):
+    err = (errors or {}).get(name)
+    return {"invalid": bool(err), "error_message": err or ""}
+
+
+def _range(n_train, low="1"):
+    return "between %s and %d" % (low, n_train) if n_train else "at least %s" % low
+
+
+def add_k(inputs, ctx, n_train=None, defaults=None, errors=None):
+    defaults = defaults or {}
+    d = defaults.get("k", default_k(n_train))
+    inputs.int("k", default=d, label="Contributors per generated image (k)",
+               description="an integer %s (the training samples)" % _range(n_train),
+               **_invalid(errors, "k"))
     return d
 
 
-def add_recall_k(inputs, ctx, n_train=None, defaults=None):
+def add_recall_k(inputs, ctx, n_train=None, defaults=None, errors=None):
     defaults = defaults or {}
-    inputs.int("recall_k", min=1, max=n_train or None, default=(defaults or {}).get("recall_k"),
+    inputs.int("recall_k", default=defaults.get("recall_k"),
                label="Candidates recalled before re-ranking (recall_k)",
-               description="blank = k (as in the paper)")
+               description="blank = k (as in the paper); otherwise %s" % _range(n_train, "k"),
+               **_invalid(errors, "recall_k"))
 
 
-def add_temperature(inputs, ctx, defaults=None):
+def add_temperature(inputs, ctx, defaults=None, errors=None):
     current = (defaults or {}).get("temperature", DEFAULTS["temperature"])
     inputs.bool("auto_temperature", default=current == "auto", label="Automatic temperature",
                 description="tau from the spread of each image's contributor distances")
     if not param(ctx, "auto_temperature", current == "auto"):
         inputs.float("temperature", default=PAPER_TEMPERATURE if current == "auto" else current,
-                      label="Temperature", description="tau in exp(-d / tau); 1 is the paper")
+                      label="Temperature", description="tau > 0 in exp(-d / tau); 1 is the paper",
+                      **_invalid(errors, "temperature"))
 
 
 def k_kwargs(ctx, n_train=None):
-    k = param(ctx, "k")
-    if k is None:
-        k = min(DEFAULTS["k"], n_train) if n_train else DEFAULTS["k"]
+    k = param(ctx, "k", default_k(n_train))
     recall_k = param(ctx, "recall_k")
-    return {"k": int(k), "recall_k": None if recall_k is None else int(recall_k)}
+    return {"k": _int(k), "recall_k": None if recall_k is None else _int(recall_k)}
+
+
+def _int(x):
+    """Whole numbers as int; anything else as given, for the library to
+    reject with its own message."""
+    return int(x) if isinstance(x, float) and x.is_integer() else x
 
 
 def temperature_kwargs(ctx):
@@ -466,19 +546,22 @@ def temperature_kwargs(ctx):
         auto = param(ctx, "temperature") is None and DEFAULTS["temperature"] == "auto"
     if auto:
         return {"temperature": "auto"}
-    return {"temperature": float(param(ctx, "temperature", PAPER_TEMPERATURE))}
+    return {"temperature": param(ctx, "temperature", PAPER_TEMPERATURE)}
 
 
 def add_full_config(inputs, ctx, n_train):
-    """Every valuation option (encoder, index, re-ranker, quality, k, ...)."""
+    """Every valuation option (encoder, index, re-ranker, quality, k, ...),
+    validated live by the library's rules."""
+    errors = live_errors(ctx, n_train)
     add_encoder(inputs, ctx)
     add_index(inputs, ctx, n_train)
     add_rerank(inputs, ctx)
     add_quality(inputs, ctx)
-    add_k(inputs, ctx, n_train)
-    add_recall_k(inputs, ctx, n_train)
-    add_temperature(inputs, ctx)
-    inputs.int("batch_size", min=1, default=DEFAULTS["batch_size"], label="Batch size")
+    add_k(inputs, ctx, n_train, errors=errors)
+    add_recall_k(inputs, ctx, n_train, errors=errors)
+    add_temperature(inputs, ctx, errors=errors)
+    inputs.int("batch_size", default=DEFAULTS["batch_size"], label="Batch size",
+               description="an integer, at least 1", **_invalid(errors, "batch_size"))
 
 
 def full_kwargs(ctx, n_train):
@@ -489,7 +572,7 @@ def full_kwargs(ctx, n_train):
     kw.update(quality_kwargs(ctx))
     kw.update(k_kwargs(ctx, n_train))
     kw.update(temperature_kwargs(ctx))
-    kw["batch_size"] = int(param(ctx, "batch_size", DEFAULTS["batch_size"]))
+    kw["batch_size"] = _int(param(ctx, "batch_size", DEFAULTS["batch_size"]))
     return kw
 
 
@@ -507,7 +590,8 @@ def new_run_args(ctx):
     describes; ``kwargs`` holds ``key``, ``overwrite`` and every option."""
     train = resolve_samples(ctx, "train", "train")
     generated = resolve_samples(ctx, "generated", "generated")
-    kwargs = {"key": param(ctx, "key", "gmv"), "overwrite": bool(param(ctx, "overwrite", False))}
+    kwargs = {"key": param(ctx, "key", gmvval.propose_key(ctx.dataset)),
+              "overwrite": bool(param(ctx, "overwrite", False))}
     kwargs.update(full_kwargs(ctx, len(train)))
     return train, generated, kwargs
 
@@ -538,31 +622,86 @@ def config_defaults(dataset, key):
 # ------------------------------------------------------ execution helpers
 
 
-def operator_config(name, label, description, delegated=False, **kwargs):
-    """The config of a dynamic operator that runs immediately, and delegated
-    too when ``delegated``; ``kwargs`` are further ``OperatorConfig`` options."""
+def operator_config(name, label, description, delegated=False, dynamic=True, **kwargs):
+    """The config of an operator that runs at once on Execute; with
+    ``delegated`` it can also be scheduled (the App's Execute ▾ menu, or
+    ``request_delegation=True`` from Python), never by default.
+
+    Operators without inputs must not be ``dynamic``: the App then shows an
+    empty prompt that never runs. ``kwargs`` are further ``OperatorConfig``
+    options.
+    """
     return foo.OperatorConfig(
         name=name,
         label=label,
-        description=description,
-        dynamic=True,
+        description=described(description),
+        dynamic=dynamic,
         allow_immediate_execution=True,
         allow_delegated_execution=delegated,
+        default_choice_to_delegated=False,
         **kwargs,
     )
 
 
-def add_delegate(inputs, default):
-    inputs.bool("delegate", default=default, label="Run in the background (delegated)",
-                description="Delegated runs are executed by `fiftyone delegated launch`; "
-                "untick to run now in the App")
+def described(text):
+    """An operator description. The App's operator browser orders operators
+    by the first letter of their description, then by registration order:
+    one common prefix keeps the plugin's order (the pipeline first)."""
+    return "GMValuator: " + text[0].lower() + text[1:]
 
 
-def resolve_delegation(ctx):
-    """The form's ``delegate`` choice, or None to leave it to the caller
-    (``request_delegation`` / the App's execution menu)."""
-    d = ctx.params.get("delegate")
-    return None if d is None else bool(d)
+BACKGROUND_NOTE = (
+    "Execute runs it now, in the App. To run it in the background instead: start the App "
+    "with FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true, pick Schedule in the Execute ▾ menu, "
+    "and keep `fiftyone delegated launch` running (same FIFTYONE_DATABASE_URI and "
+    "FIFTYONE_PLUGINS_DIR); `fiftyone delegated list` shows the scheduled run's id. "
+    "Reload the page when it has finished."
+)
+
+
+def add_background_note(inputs):
+    """One line on what a background (scheduled) run needs."""
+    inputs.view("background_note", types.Notice(label="Run now or in the background",
+                                                description=BACKGROUND_NOTE))
+
+
+#: errors a user can cause (bad input, missing weights, a run in use): shown
+#: as one sentence in the output, not as a traceback
+EXPECTED_ERRORS = (ValueError, gmvw.MissingWeightsError, gmvlocks.RunLockedError)
+
+
+def friendly_errors(execute):
+    """Wraps an operator's ``execute``: an expected error of an immediate run
+    becomes the result ``{"error_sentence": message}``, which
+    :func:`error_output` shows as one sentence. Delegated runs still fail
+    (their state must say so)."""
+
+    @functools.wraps(execute)
+    def wrapper(self, ctx):
+        try:
+            return execute(self, ctx)
+        except EXPECTED_ERRORS as e:
+            if ctx.delegated:
+                raise
+            return {"error_sentence": str(e)}
+
+    return wrapper
+
+
+def failed(ctx):
+    """Whether the result being shown is an expected error."""
+    return bool((ctx.results or {}).get("error_sentence"))
+
+
+def error_output(ctx):
+    """The output of a run that failed with an expected error."""
+    outputs = types.Object()
+    err = ctx.results["error_sentence"]
+    first = first_sentence(err)
+    outputs.view("error_sentence", types.Error(
+        label="Nothing was changed: " + first,
+        description=md(err) if err.strip() != first else None))
+    return types.Property(outputs, view=types.View(label="GMValuator: did not complete"))
 
 
 def progress(ctx, label):
@@ -585,6 +724,18 @@ def progress(ctx, label):
     return fou.report_progress(report, dt=0.5)
 
 
+def show_run_fields(ctx, key):
+    """After an immediate run: reloads the App's dataset (new fields appear
+    in the sidebar) and shows ``{key}_value`` on the grid's tiles, next to
+    the fields already shown. Delegated runs cannot reach the App."""
+    if ctx.delegated:
+        return
+    ctx.ops.reload_dataset()
+    active = list(ctx.active_fields or [])
+    if active:
+        ctx.ops.set_active_fields(list(dict.fromkeys(active + ["%s_value" % key])))
+
+
 def report_result(dataset, key, n=10):
     """A build_report dict plus its markdown, for operator output."""
     rep = gmvreport.build_report(dataset, key, n=n)
@@ -592,12 +743,15 @@ def report_result(dataset, key, n=10):
     def table(rows):
         return [dict(r, value=None if r["value"] is None else round(r["value"], 5)) for r in rows]
 
+    zero = rep["counts"]["zero_value"]
     return {
         "report": rep,
         "summary": gmvreport.report_markdown(rep, tables=False),
         "histogram": rep["histogram"]["data_url"],
         "top": table(rep["top"]),
         "bottom": table(rep["bottom"]),
+        "zero_note": "%d training samples have value 0 (no generated sample credits them); "
+        "GMValuator: sort by value with 'Only these' shows them" % zero,
     }
 
 
@@ -617,9 +771,11 @@ _SAMPLES_COLUMNS = (
 )
 
 
-def report_output(outputs=None):
+def report_output(ctx, outputs=None, title="GMValuator run report"):
     """The output of an operator returning :func:`report_result`: its
-    fields, after those already in ``outputs``."""
+    fields, after those already in ``outputs`` (or the error sentence)."""
+    if failed(ctx):
+        return error_output(ctx)
     if outputs is None:
         outputs = types.Object()
     outputs.str("summary", label="Summary", view=types.MarkdownView())
@@ -627,9 +783,11 @@ def report_output(outputs=None):
                 view=types.ImageView(width="640px", alt="value histogram"))
     outputs.list("top", types.Object(), label="Most valuable training samples",
                  view=table_view(_SAMPLES_COLUMNS))
-    outputs.list("bottom", types.Object(), label="Least valuable training samples",
+    outputs.list("bottom", types.Object(),
+                 label="Least valuable training samples (among non-zero values)",
                  view=table_view(_SAMPLES_COLUMNS))
-    return types.Property(outputs, view=types.View(label="GMValuator run report"))
+    outputs.str("zero_note", label="Zero-value training samples")
+    return types.Property(outputs, view=types.View(label=title))
 
 
 __all__ = ["gmv", "gmvnav", "gmvreport", "gmvruns", "gmvw"]

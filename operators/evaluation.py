@@ -9,6 +9,9 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from gmv_plugin import evaluation as ev  # importable: see operators/__init__.py
+from gmv_plugin import panel_data as gmvpanel
+
+from . import _common as common
 
 _CRITERIA = {
     "C1": "C1 identical class",
@@ -92,17 +95,18 @@ class EvaluateValuation(foo.Operator):
         return foo.OperatorConfig(
             name="evaluate_valuation",
             label="GMValuator: evaluate a valuation run",
-            description="C1/C2 identical class/attributes, C3 cleansing, "
-            "C4 efficiency, membership test",
+            description=common.described("C1/C2 identical class/attributes, C3 cleansing, "
+                                         "C4 efficiency, membership test"),
             dynamic=True,
             allow_immediate_execution=True,
             allow_delegated_execution=True,
+            default_choice_to_delegated=False,
         )
 
     def resolve_input(self, ctx):
         inputs = types.Object()
         ds = ctx.dataset
-        keys = ev.list_runs(ds) if ds is not None else []
+        keys = gmvpanel.runs_by_recency(ds) if ds is not None else []
         if not keys:
             inputs.view(
                 "none",
@@ -126,19 +130,20 @@ class EvaluateValuation(foo.Operator):
         labels = ev.label_fields(ds)
         groups = sorted(set(ds.distinct("tags")) | set(ev.boolean_fields(ds)))
 
-        def dropdown(name, label, choices, required=True, description=None):
+        def dropdown(name, label, choices, required=True, description=None, default=None):
             view = types.DropdownView()
             for c in choices:
                 view.add_choice(c, label=c)
             inputs.enum(name, view.values(), required=required, label=label,
-                        description=description, view=view)
+                        description=description, view=view, default=default)
 
         if criterion in ("C1", "C2"):
             inputs.str("ks", default=_DEFAULT_KS[criterion], required=True,
                        label="k values", description="comma-separated, e.g. 30,50,100")
         if criterion == "C1":
             dropdown("label_field", "Label field", labels,
-                     description="label of the generated samples")
+                     description="label of the generated samples",
+                     default="ground_truth" if "ground_truth" in labels else None)
             dropdown("train_label_field", "Training label field", labels, required=False,
                      description="only if the training samples use another field")
         elif criterion == "C2":
@@ -151,6 +156,7 @@ class EvaluateValuation(foo.Operator):
             dropdown("non_members", "Held-out non-members (tag or boolean field)", groups)
         return types.Property(inputs, view=types.View(label="Evaluate a valuation run"))
 
+    @common.friendly_errors
     def execute(self, ctx):
         p = ctx.params
         criterion = p.get("criterion", "C1")
@@ -169,6 +175,8 @@ class EvaluateValuation(foo.Operator):
         return {"summary": _summary(res), "result": _jsonable(res)}
 
     def resolve_output(self, ctx):
+        if common.failed(ctx):
+            return common.error_output(ctx)
         outputs = types.Object()
         outputs.str("summary", label="Summary", view=types.MarkdownView())
         outputs.obj("result", label="Result", view=types.JSONView())

@@ -15,17 +15,36 @@ from . import _common as c
 MAX_ROWS = 200
 
 
+_OTHER = {"generated": "training", "training": "generated"}
+_OTHER_OP = {"generated": "show contributions", "training": "show contributors"}
+
+
 def _selection_inputs(inputs, ctx, what):
-    """Run choice plus a note on the selection; invalid when nothing is
-    selected. Returns the run key (or None)."""
+    """Run choice plus a note on the selection; invalid (Execute disabled,
+    the reason shown once) unless every selected sample is a ``what``
+    ("generated" or "training") sample of the run. Returns the run key."""
     key = c.add_run_choice(inputs, ctx)
+    if key is None:
+        return None
     n = len(ctx.selected)
-    if n:
-        inputs.view("selection", types.Notice(label="%d %s sample(s) selected" % (n, what)))
+    msg = None
+    if not n:
+        msg = "Select %s samples in the grid first (tick their checkboxes)" % what
     else:
-        msg = "Select %s samples in the grid first" % what
-        inputs.view("selection_none", types.Warning(label=msg))
-        inputs.str("selection", label="Selection", invalid=True, error_message=msg)
+        kinds = c.gmvpanel.split_selection(ctx.dataset, key, ctx.selected)
+        wrong = len(kinds[_OTHER[what]])
+        other = len(kinds["other"])
+        if wrong:
+            msg = ("%d of the %d selected samples are %s samples: select %s samples, or use "
+                   "GMValuator: %s" % (wrong, n, _OTHER[what], what, _OTHER_OP[what]))
+        elif other:
+            msg = ("%d of the %d selected samples are not %s samples valued by run %r"
+                   % (other, n, what, key))
+    if msg:
+        inputs.view("selection_problem", types.Warning(label=msg))
+        inputs.str("selection", view=types.HiddenView(), invalid=True, error_message=msg)
+    else:
+        inputs.view("selection_note", types.Notice(label="%d %s sample(s) selected" % (n, what)))
     return key
 
 
@@ -63,9 +82,11 @@ class _SelectionOperator(foo.Operator):
         return types.Property(inputs, view=types.View(label=self.label))
 
     def resolve_output(self, ctx):
+        title = self.rows.capitalize()
+        if c.failed(ctx):
+            return c.error_output(ctx)
         outputs = types.Object()
         outputs.str("summary", label="Summary", view=types.MarkdownView())
-        title = self.rows.capitalize()
         outputs.list(self.rows, types.Object(), label=title, view=c.table_view(self.columns))
         return types.Property(outputs, view=types.View(label=title))
 
@@ -82,6 +103,7 @@ class ShowContributors(_SelectionOperator):
     columns = (("rank", "Rank"), ("filename", "Training sample"), ("score", "Score (credit)"),
                ("distance", "Distance"), ("id", "ID"))
 
+    @c.friendly_errors
     def execute(self, ctx):
         key = c.run_key(ctx)
         rows = c.gmvnav.contributor_credits(ctx.dataset, key, ctx.selected)
@@ -118,6 +140,7 @@ class ShowContributions(_SelectionOperator):
     columns = (("rank", "Rank"), ("filename", "Generated sample"), ("credit", "Credit given"),
                ("id", "ID"))
 
+    @c.friendly_errors
     def execute(self, ctx):
         key = c.run_key(ctx)
         view = c.gmvnav.contributions_view(ctx.dataset, key, ctx.selected)
@@ -165,6 +188,7 @@ class SortByValue(foo.Operator):
                     "dataset", "Scope")
         return types.Property(inputs, view=types.View(label="GMValuator: sort by value"))
 
+    @c.friendly_errors
     def execute(self, ctx):
         key = c.run_key(ctx)
         samples = ctx.view if c.param(ctx, "scope", "dataset") == "view" else ctx.dataset

@@ -19,32 +19,29 @@ class ComputeValues(foo.Operator):
             "Value every training image from the generated images "
             "(embed, recall, re-rank, quality, values)",
             delegated=True,
-            default_choice_to_delegated=True,
         )
 
     def resolve_input(self, ctx):
         inputs = types.Object()
         c.add_new_run(inputs, ctx)
-        c.add_delegate(inputs, default=True)
+        c.add_background_note(inputs)
         return types.Property(inputs, view=types.View(label="GMValuator: compute values"))
 
-    def resolve_delegation(self, ctx):
-        return c.resolve_delegation(ctx)
-
     def resolve_run_name(self, ctx):
-        return "GMValuator compute_values (key=%s)" % c.param(ctx, "key", "gmv")
+        return "GMValuator compute_values (key=%s)" % c.param(ctx, "key")
 
+    @c.friendly_errors
     def execute(self, ctx):
         train, generated, kwargs = c.new_run_args(ctx)
         key = kwargs["key"]
         c.gmv.compute_values(
             train, generated, progress=c.progress(ctx, "GMValuator %r" % key), **kwargs
         )
-        ctx.ops.reload_dataset()
+        c.show_run_fields(ctx, key)
         return dict(key=key, **c.report_result(ctx.dataset, key))
 
     def resolve_output(self, ctx):
-        return c.report_output()
+        return c.report_output(ctx)
 
 
 class UpdateValues(foo.Operator):
@@ -60,7 +57,6 @@ class UpdateValues(foo.Operator):
             "Add generated samples to a run: only the new ones are embedded "
             "and scored; training values are updated",
             delegated=True,
-            default_choice_to_delegated=True,
         )
 
     def resolve_input(self, ctx):
@@ -74,15 +70,13 @@ class UpdateValues(foo.Operator):
                 inputs.view("new_count", types.Notice(
                     label="%d new generated samples to value (%d already valued by %r)"
                     % (new, n - new, key)))
-            c.add_delegate(inputs, default=True)
+            c.add_background_note(inputs)
         return types.Property(inputs, view=types.View(label="GMValuator: value new generated samples"))
-
-    def resolve_delegation(self, ctx):
-        return c.resolve_delegation(ctx)
 
     def resolve_run_name(self, ctx):
         return "GMValuator update_values (key=%s)" % c.param(ctx, "run_key")
 
+    @c.friendly_errors
     def execute(self, ctx):
         key = c.run_key(ctx)
         generated = c.resolve_samples(ctx, "generated", "generated")
@@ -90,14 +84,14 @@ class UpdateValues(foo.Operator):
         results = c.gmv.update_values(
             ctx.dataset, key, generated, progress=c.progress(ctx, "GMValuator %r" % key)
         )
-        ctx.ops.reload_dataset()
+        c.show_run_fields(ctx, key)
         return dict(key=key, num_added=results.num_generated - before,
                     **c.report_result(ctx.dataset, key))
 
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.int("num_added", label="Generated samples added")
-        return c.report_output(outputs)
+        return c.report_output(ctx, outputs)
 
 
 OPERATORS = [ComputeValues, UpdateValues]

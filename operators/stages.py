@@ -18,25 +18,29 @@ def _number(name, cast):
     return lambda ctx: {name: cast(c.param(ctx, name))}
 
 
+def _k_errors(ctx, n_train, defaults):
+    """Live errors of the k field: its own, or the run's recall_k bound."""
+    errors = c.live_errors(ctx, n_train, defaults)
+    if "recall_k" in errors and "k" not in errors:
+        errors["k"] = errors["recall_k"]
+    return errors
+
+
 class _StageOperator(foo.Operator):
     """Base class: ``name``, ``label``, ``stage_fn`` (a library stage
-    function name), ``delegate_default``, the stage's form and ``updates``."""
+    function name), the stage's form and ``updates``."""
 
     name = None
     label = None
     description = None
     stage_fn = None
-    delegate_default = False
     #: ``(form parameter, function of ctx giving config updates)`` pairs; an
     #: update applies only when the form gives its parameter
     updates = ()
 
     @property
     def config(self):
-        return c.operator_config(
-            self.name, self.label, self.description,
-            delegated=True, default_choice_to_delegated=self.delegate_default,
-        )
+        return c.operator_config(self.name, self.label, self.description, delegated=True)
 
     def stage_inputs(self, inputs, ctx, defaults, n_train):
         """Adds the stage's options."""
@@ -55,11 +59,8 @@ class _StageOperator(foo.Operator):
         if key is not None:
             n_train = self._n_train(ctx, key)
             self.stage_inputs(inputs, ctx, c.config_defaults(ctx.dataset, key), n_train)
-            c.add_delegate(inputs, default=self.delegate_default)
+            c.add_background_note(inputs)
         return types.Property(inputs, view=types.View(label=self.label))
-
-    def resolve_delegation(self, ctx):
-        return c.resolve_delegation(ctx)
 
     def resolve_run_name(self, ctx):
         return "GMValuator %s (key=%s)" % (self.name, c.param(ctx, "run_key"))
@@ -68,6 +69,7 @@ class _StageOperator(foo.Operator):
         cfg = c.gmvruns.get_run_config(ctx.dataset, key)
         return len(c.gmvruns.train_view(ctx.dataset, cfg))
 
+    @c.friendly_errors
     def execute(self, ctx):
         key = c.run_key(ctx)
         return self.run_stage(ctx, key, **self.stage_kwargs(ctx, self._n_train(ctx, key)))
@@ -91,6 +93,8 @@ class _StageOperator(foo.Operator):
     next_step = ""
 
     def resolve_output(self, ctx):
+        if c.failed(ctx):
+            return c.error_output(ctx)
         outputs = types.Object()
         outputs.str("summary", label="Summary", view=types.MarkdownView())
         outputs.obj("timings", label="Stage timings (s)", view=types.JSONView())
@@ -107,7 +111,6 @@ class ComputeGMVEmbeddings(_StageOperator):
     stage_fn = "compute_embeddings"
     stage = "embed"
     next_step = "build the index"
-    delegate_default = True
     updates = (("encoder", c.encoder_kwargs),)
 
     def resolve_input(self, ctx):
@@ -121,13 +124,14 @@ class ComputeGMVEmbeddings(_StageOperator):
                 c.add_encoder(inputs, ctx, c.config_defaults(ctx.dataset, key))
         else:
             c.add_new_run(inputs, ctx)
-        c.add_delegate(inputs, default=self.delegate_default)
+        c.add_background_note(inputs)
         return types.Property(inputs, view=types.View(label=self.label))
 
     def resolve_run_name(self, ctx):
         key = c.param(ctx, "key" if c.param(ctx, "mode") == "new" else "run_key")
         return "GMValuator %s (key=%s)" % (self.name, key)
 
+    @c.friendly_errors
     def execute(self, ctx):
         mode = c.param(ctx, "mode")
         if mode is None:
@@ -163,10 +167,10 @@ class RecallContributors(_StageOperator):
     stage_fn = "recall_contributors"
     stage = "recall"
     next_step = "re-rank"
-    updates = (("recall_k", _number("recall_k", int)),)
+    updates = (("recall_k", _number("recall_k", c._int)),)
 
     def stage_inputs(self, inputs, ctx, defaults, n_train):
-        c.add_recall_k(inputs, ctx, n_train, defaults)
+        c.add_recall_k(inputs, ctx, n_train, defaults, c.live_errors(ctx, n_train, defaults))
 
 
 class RerankContributors(_StageOperator):
@@ -178,11 +182,11 @@ class RerankContributors(_StageOperator):
     stage_fn = "rerank_contributors"
     stage = "rerank"
     next_step = "score quality"
-    updates = (("rerank", c.rerank_kwargs), ("k", _number("k", int)))
+    updates = (("rerank", c.rerank_kwargs), ("k", _number("k", c._int)))
 
     def stage_inputs(self, inputs, ctx, defaults, n_train):
         c.add_rerank(inputs, ctx, defaults)
-        c.add_k(inputs, ctx, n_train, defaults)
+        c.add_k(inputs, ctx, n_train, defaults, _k_errors(ctx, n_train, defaults))
 
 
 class ScoreQuality(_StageOperator):
@@ -212,14 +216,14 @@ class AssignValues(_StageOperator):
     updates = (("temperature", c.temperature_kwargs), ("auto_temperature", c.temperature_kwargs))
 
     def stage_inputs(self, inputs, ctx, defaults, n_train):
-        c.add_temperature(inputs, ctx, defaults)
+        c.add_temperature(inputs, ctx, defaults, c.live_errors(ctx, n_train, defaults))
 
     def result(self, ctx, key, results):
-        ctx.ops.reload_dataset()
+        c.show_run_fields(ctx, key)
         return dict(key=key, **c.report_result(ctx.dataset, key))
 
     def resolve_output(self, ctx):
-        return c.report_output()
+        return c.report_output(ctx, title=self.label)
 
 
 OPERATORS = [

@@ -79,11 +79,8 @@ class DownloadWeights(foo.Operator):
                             read_only=not s["downloadable"],
                             description=s["reason"] or ", ".join(
                                 f["url"] for f in s["files"] if not f["present"] and f["url"]))
-            c.add_delegate(inputs, default=False)
+            c.add_background_note(inputs)
         return types.Property(inputs, view=types.View(label="GMValuator: weights"))
-
-    def resolve_delegation(self, ctx):
-        return c.resolve_delegation(ctx)
 
     def execute(self, ctx):
         models = ctx.params.get("models")

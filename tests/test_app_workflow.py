@@ -112,11 +112,10 @@ def test_valuation_and_contributor_navigation_in_the_app(app_url, page, digits):
     screenshot(page, "workflow-02-operator-browser")
     page.keyboard.press("Escape")
 
-    # run a valuation from the form: offline defaults, k=5, run now
+    # run a valuation from the form: offline defaults, k=5, Execute runs it now
     body = run_operator(
         page, "GMValuator: compute values",
-        fill={"Contributors per generated image (k)": K,
-              "Run in the background (delegated)": False},
+        fill={"Contributors per generated image (k)": K},
     )
     assert body["delegated"] is False
     report = body["result"]["report"]
@@ -129,12 +128,17 @@ def test_valuation_and_contributor_navigation_in_the_app(app_url, page, digits):
     digits.reload()
     assert digits.match_tags("train").exists("gmv_value").count() == N_TRAIN
 
-    # the key is now taken: the form says so before running
+    # the key is now taken: the form proposes another, and says so if "gmv" is typed
     open_operator_browser(page)
     page.locator('[data-cy="operators-browser-search"]').fill("GMValuator: compute values")
     page.keyboard.press("Enter")
     modal = page.locator('[data-cy="operators-prompt-modal"]')
-    modal.get_by_text("A GMValuator run 'gmv' exists", exact=False).first.wait_for(timeout=30_000)
+    key = browser.form_field(modal, "Run key")
+    key.wait_for(timeout=30_000)
+    assert key.input_value() == "gmv_2"
+    key.fill("gmv")
+    modal.get_by_text("A GMValuator run with key 'gmv' already exists", exact=False).first.wait_for(
+        timeout=30_000)
     screenshot(page, "workflow-04-key-taken")
     page.keyboard.press("Escape")
     modal.wait_for(state="hidden", timeout=15_000)

@@ -222,14 +222,16 @@ def test_c4_without_timings(c3_dataset):
 
 
 def _operator_module():
-    import importlib.util
+    """operators/evaluation.py, imported as part of this checkout's operators
+    package (it shares operators/_common.py)."""
+    import importlib
     import pathlib
+    import sys
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "operators" / "evaluation.py"
-    spec = importlib.util.spec_from_file_location("gmv_eval_operator_under_test", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module("operators.evaluation")
 
 
 def _register(ds):

@@ -84,18 +84,35 @@ def test_manifest_lists_every_registered_operator():
         op.name for op in OperatorRegistry().list_operators(builtin=False)
         if op.plugin_name == "@gmvaluator/gmv"
     }
-    assert registered == set(manifest["operators"])
+    assert registered == set(manifest["operators"]) | set(manifest["panels"])
     assert len(manifest["operators"]) == len(set(manifest["operators"])) == 18
+    assert manifest["panels"] == ["gmv_panel"]
     assert "@gmvaluator/gmv" in [p.name for p in fop.list_plugins()]
 
 
-def test_compute_operators_allow_delegation_and_pipeline_defaults_to_it():
+def test_compute_operators_run_on_execute_and_can_be_scheduled():
+    """The App's first button is Execute (it runs); Schedule is in its menu."""
     reg = OperatorRegistry()
-    for name in ("compute_values", "compute_gmv_embeddings", "build_gmv_index",
-                 "recall_contributors", "rerank_contributors", "score_quality", "assign_values"):
-        cfg = reg.get_operator(URI + name).config
+    for name in ("compute_values", "update_values", "compute_gmv_embeddings", "build_gmv_index",
+                 "recall_contributors", "rerank_contributors", "score_quality", "assign_values",
+                 "evaluate_valuation"):
+        op = reg.get_operator(URI + name)
+        cfg = op.config
         assert cfg.allow_delegated_execution and cfg.allow_immediate_execution, name
-    assert reg.get_operator(URI + "compute_values").config.default_choice_to_delegated
+        assert not cfg.default_choice_to_delegated, name
+        assert type(op).resolve_delegation is foo.Operator.resolve_delegation, name
+    # without inputs, an operator must not be dynamic, or the App shows an empty prompt
+    assert not reg.get_operator(URI + "list_gmv_runs").config.dynamic
+
+
+def test_operator_browser_order_is_the_pipeline_first():
+    """The App orders by the description's first letter, then registration."""
+    reg = OperatorRegistry()
+    ops = [op for op in reg.list_operators(builtin=False, type="operator")
+           if op.plugin_name == "@gmvaluator/gmv"]
+    assert {op.config.description[0] for op in ops} == {"G"}
+    names = [op.name for op in ops]
+    assert names[:3] == ["compute_values", "update_values", "compute_gmv_embeddings"]
 
 
 # ------------------------------------------------------------ the pipeline
@@ -179,12 +196,13 @@ def test_form_defaults_weights_notes_and_live_key_validation(valued):
     props = form("compute_values", valued)
     defaults = {n: props[n].get("default") for n in
                 ("train_by", "train_tag", "generated_tag", "key", "encoder", "index", "rerank",
-                 "quality", "k", "auto_temperature", "delegate")}
+                 "quality", "k", "auto_temperature")}
     assert defaults == {"train_by": "tag", "train_tag": "train", "generated_tag": "generated",
-                        "key": "gmv", "encoder": "pixels", "index": "auto", "rerank": "l2",
-                        "quality": "realism", "k": 50, "auto_temperature": True, "delegate": True}
+                        "key": "gmv_2", "encoder": "pixels", "index": "auto", "rerank": "l2",
+                        "quality": "realism", "k": 50, "auto_temperature": True}
     assert "temperature" not in props  # "auto" by default (benchmarks/truth.py); unticked: 1.0
     assert form("compute_values", valued, {"auto_temperature": False})["temperature"]["default"] == 1.0
+    assert "fiftyone delegated launch" in props["background_note"]["view"]["description"]
     assert "150 samples" in props["train_count"]["view"]["label"]
     assert "Auto picks 'flat'" in props["index_auto"]["view"]["label"]
 
@@ -209,15 +227,17 @@ def test_form_defaults_weights_notes_and_live_key_validation(valued):
     except gmvw.MissingWeightsError:
         assert "vgg16-imagenet-torch" in props["zoo_model_warning"]["view"]["label"]
 
-    # the run key: identifier, not taken unless overwrite is ticked
-    assert form("compute_values", valued)["key"]["invalid"]  # "gmv" exists
-    assert not form("compute_values", valued, {"overwrite": True})["key"]["invalid"]
+    # the run key: a fresh one is proposed; identifier, not taken unless overwrite is ticked
+    assert not form("compute_values", valued)["key"]["invalid"]
+    assert form("compute_values", valued, {"key": "gmv"})["key"]["invalid"]  # "gmv" exists
+    assert not form("compute_values", valued, {"key": "gmv", "overwrite": True})["key"]["invalid"]
     assert not form("compute_values", valued, {"key": "other"})["key"]["invalid"]
     bad = form("compute_values", valued, {"key": "not a key"})["key"]
     assert bad["invalid"] and "identifier" in bad["error_message"]
-    with pytest.raises(ExecutionError, match="key"):
-        run("compute_values", valued, {"k": K})
-    with pytest.raises(ExecutionError, match="key"):
+    # the form's checks also guard SDK calls (FiftyOne validates inputs first)
+    with pytest.raises(ExecutionError, match="Path: key. Reason: A GMValuator run"):
+        run("compute_values", valued, {"k": K, "key": "gmv"})
+    with pytest.raises(ExecutionError, match="identifier"):
         run("compute_values", valued, {"k": K, "key": "a-b"})
 
 
@@ -228,8 +248,8 @@ def test_delegated_run_executed_by_the_delegated_service(digits):
     from fiftyone.operators.delegated import DelegatedOperationService
 
     svc = DelegatedOperationService()
-    # the form's default: delegated
-    res = run("compute_values", digits, {"k": K, "key": "dg", "delegate": True})
+    # scheduled (the App's Schedule, or request_delegation from Python)
+    res = run("compute_values", digits, {"k": K, "key": "dg"}, request_delegation=True)
     assert res.delegated and not digits.has_field("dg_value")
     queued = svc.list_operations(dataset_name=digits.name, run_state="queued")
     assert [op.operator for op in queued] == [URI + "compute_values"]
@@ -245,7 +265,7 @@ def test_delegated_run_executed_by_the_delegated_service(digits):
     res = run("gmv_report", digits, {"run_key": "dg"}, request_delegation=True)
     assert not res.delegated and res.result["report"]["counts"]["generated"] == 50
 
-    # a stage delegated on request (no delegate param in the call)
+    # a stage delegated on request
     res = run("assign_values", digits, {"run_key": "dg", "temperature": 0.5},
               request_delegation=True)
     assert res.delegated
@@ -253,9 +273,8 @@ def test_delegated_run_executed_by_the_delegated_service(digits):
     assert gmvruns.get_run_config(digits, "dg").temperature == 0.5
 
 
-def test_immediate_when_delegate_unticked(digits):
-    res = run("compute_values", digits, {"k": K, "key": "im", "delegate": False},
-              request_delegation=True)
+def test_immediate_by_default(digits):
+    res = run("compute_values", digits, {"k": K, "key": "im"})
     assert not res.delegated and digits.exists("im_value").count() == 150
 
 
@@ -272,8 +291,7 @@ def test_update_values_operator_equals_full_recomputation(digits):
     props = form("update_values", digits, {"run_key": "inc"})
     assert props["generated_tag"]["default"] == "generated"
     assert "30 new generated samples to value (20 already valued" in props["new_count"]["view"]["label"]
-    res = run("update_values", digits, {"run_key": "inc", "generated_tag": "generated",
-                                        "delegate": False})
+    res = run("update_values", digits, {"run_key": "inc", "generated_tag": "generated"})
     assert res.result["num_added"] == 30
     assert res.result["report"]["counts"]["generated"] == 50
     # training embeddings and index were reused, not redone
@@ -356,11 +374,15 @@ def test_show_contributors(valued):
     credits = res.result["scores"]
     assert credits == sorted(credits, reverse=True)
 
-    with pytest.raises(ExecutionError, match="Select generated samples"):
+    with pytest.raises(ExecutionError, match="Select generated"):
         run("show_contributors", valued)
     train_id = valued.match_tags("train").first().id
-    with pytest.raises(ExecutionError, match="not generated samples"):
+    with pytest.raises(ExecutionError, match="are training samples"):
         run("show_contributors", valued, selected=[train_id])
+    # the form says so before running: Execute disabled, the reason shown once
+    props = form("show_contributors", valued, selected=[train_id])
+    assert props["selection"]["invalid"] and "training samples" in props["selection"]["error_message"]
+    assert "selection" not in form("show_contributors", valued, selected=[g1])
 
 
 def test_show_contributions(valued):
@@ -379,7 +401,7 @@ def test_show_contributions(valued):
     assert sum(got) == pytest.approx(top.gmv_value)
 
     gen_id = valued.match_tags("generated").first().id
-    with pytest.raises(ExecutionError, match="training sample"):
+    with pytest.raises(ExecutionError, match="are generated samples"):
         run("show_contributions", valued, selected=[gen_id])
 
 
@@ -409,17 +431,24 @@ def test_list_info_report(valued):
     (row,) = [r for r in res.result["runs"] if r["key"] == "gmv"]
     assert (row["encoder"], row["rerank"], row["quality"], row["k"]) == ("pixels", "l2", "realism", K)
     assert row["num_train"] == 150 and row["num_generated"] == 50
-    assert set(res.result["timings"]["gmv"]) == set(gmv.STAGES)
+    (t,) = [t for t in res.result["timings"] if t["key"] == "gmv"]
+    assert set(t) == {"key"} | set(gmv.STAGES)
 
     info = run("get_gmv_run_info", valued, {"run_key": "gmv"}).result
     assert info["config"]["k"] == K and info["config"]["method"] == "gmvaluator"
     assert info["fields"] == gmvruns.field_names("gmv")
     assert set(info["timings"]) == set(gmv.STAGES)
+    shown = {r["name"]: r["value"] for r in info["settings"]}
+    assert shown["k"] == str(K) and shown["files"] == gmvruns.run_dir(valued, "gmv")
+    for v in shown.values():  # readable numbers: at most 4 significant digits
+        assert not any(len(d) > 6 for d in __import__("re").findall(r"\d+\.(\d+)", v)), v
 
     rep = run("gmv_report", valued, {"n": 3}).result
     assert len(rep["top"]) == len(rep["bottom"]) == 3
     assert rep["top"][0]["value"] >= rep["top"][1]["value"] >= rep["top"][2]["value"]
-    assert rep["bottom"][0]["value"] == 0.0
+    assert 0 < rep["bottom"][0]["value"] <= rep["bottom"][1]["value"]  # least among non-zero
+    zeros = valued.match_tags("train").match(fo.ViewField("gmv_value") == 0).count()
+    assert rep["zero_note"].startswith("%d training samples have value 0" % zeros)
     assert rep["histogram"].startswith("data:image/png;base64,")
 
 
@@ -429,17 +458,101 @@ def test_rename_and_delete(digits):
     assert os.path.isdir(old_dir)
     props = form("rename_gmv_run", digits, {"run_key": "a", "new_key": "a b"})
     assert props["new_key"]["invalid"]
-    with pytest.raises(ExecutionError):
+    with pytest.raises(ExecutionError, match="identifier"):
         run("rename_gmv_run", digits, {"run_key": "a", "new_key": "a b"})
 
-    run("rename_gmv_run", digits, {"run_key": "a", "new_key": "b"})
+    res = run("rename_gmv_run", digits, {"run_key": "a", "new_key": "b"})
+    assert "Renamed run" in res.result["summary"]
     assert gmvruns.list_runs(digits) == ["b"]
     assert digits.has_field("b_value") and not digits.has_field("a_value")
     assert os.path.isdir(gmvruns.run_dir(digits, "b")) and not os.path.isdir(old_dir)
 
     props = form("delete_gmv_run", digits, {"run_key": "b"})
-    assert "b_value" in props["delete_warning"]["view"]["description"]
-    run("delete_gmv_run", digits, {"run_key": "b"})
+    assert "b\\_value" in props["delete_warning"]["view"]["description"]  # Markdown-escaped
+    assert props["confirm"]["invalid"]  # Execute is disabled until confirmed
+    assert not form("delete_gmv_run", digits, {"run_key": "b", "confirm": True})["confirm"]["invalid"]
+    with pytest.raises(ExecutionError, match="confirm"):
+        run("delete_gmv_run", digits, {"run_key": "b"})
+    assert gmvruns.list_runs(digits) == ["b"]
+    res = run("delete_gmv_run", digits, {"run_key": "b", "confirm": True})
+    assert "b_value" in res.result["fields"] and "Deleted run" in res.result["summary"]
     assert gmvruns.list_runs(digits) == []
     assert not any(f.startswith("b_") for f in digits.get_field_schema())
     assert not os.path.isdir(gmvruns.run_dir(digits, "b"))
+
+
+# --------------------------------------------------------- live validation
+
+
+def test_live_validation_marks_fields_invalid_with_the_library_message(digits):
+    def field(params, name):
+        return form("compute_values", digits, params)[name]
+
+    ok = form("compute_values", digits, {"k": 5, "recall_k": 10, "temperature": 0.5})
+    assert not any(ok[n]["invalid"] for n in ("k", "recall_k", "temperature", "batch_size"))
+    k0 = field({"k": 0}, "k")
+    assert k0["invalid"] and "between 1 and 150 inclusive" in k0["error_message"]
+    assert field({"k": 151}, "k")["invalid"] and not field({"k": 150}, "k")["invalid"]
+    assert field({"k": 2.5}, "k")["invalid"]
+    rk = field({"k": 10, "recall_k": 5}, "recall_k")
+    assert rk["invalid"] and "recall_k" in rk["error_message"]
+    for tau in (0, -1):
+        t = field({"temperature": tau}, "temperature")
+        assert t["invalid"] and "temperature" in t["error_message"]
+    assert not field({"auto_temperature": True, "temperature": 0}, "k")["invalid"]
+    assert field({"batch_size": 0}, "batch_size")["invalid"]
+    with pytest.raises(ExecutionError, match="recall_k"):
+        run("compute_values", digits, {"k": 10, "recall_k": 5, "key": "x"})
+    assert not digits.has_field("x_value")
+
+    # missing weights make the choice invalid (Execute disabled)
+    try:
+        gmvw.check_lpips("alex")
+    except gmvw.MissingWeightsError:
+        rr = field({"rerank": "lpips"}, "rerank")
+        assert rr["invalid"] and "missing" in rr["error_message"]
+
+
+def test_expected_errors_inside_execute_are_one_sentence(digits):
+    """What only execute can find (here: an image deleted after the form was
+    checked) comes back as one sentence, not a traceback."""
+    os.remove(digits.match_tags("generated").first().filepath)
+    res = run("compute_values", digits, {"k": K, "key": "x"})
+    msg = res.result["error_sentence"]
+    assert "missing" in msg and "Traceback" not in msg
+    assert not digits.has_field("x_value")
+
+
+def test_run_choices_default_to_the_latest_run(digits):
+    run("compute_values", digits, {"k": K, "key": "first"})
+    run("compute_values", digits, {"k": K, "key": "second"})
+    for name in ("gmv_report", "delete_gmv_run", "rename_gmv_run", "get_gmv_run_info",
+                 "assign_values", "evaluate_valuation"):
+        assert form(name, digits)["run_key"]["default"] == "second", name
+    assert form("compute_values", digits)["key"]["default"] == "gmv"  # not in use here
+
+
+def test_run_locked_by_another_writer_is_one_sentence(valued):
+    from gmv_plugin import locks
+
+    other = locks.RunLock(valued, "gmv", "a test standing in for another process")
+    other.acquire()  # held, but not by this process's run_lock
+    try:
+        res = run("assign_values", valued, {"run_key": "gmv", "temperature": 0.5})
+        msg = res.result["error_sentence"]
+        assert "being changed by another process" in msg and "Traceback" not in msg
+    finally:
+        other.release()
+    assert gmvruns.get_run_config(valued, "gmv").temperature != 0.5
+
+
+def test_markdown_of_paths_and_identifiers():
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    c = importlib.import_module("operators._common")
+    assert c.md("~/fiftyone/__models__/vgg16.pth") == "\\~/fiftyone/\\_\\_models\\_\\_/vgg16.pth"
+    assert c.code("gmv_value") == "`gmv_value`" and c.code("a`b") == "``a`b``"
+    assert c.first_sentence("Weights for x are missing. Expected at: /p. Run y") == \
+        "Weights for x are missing."
