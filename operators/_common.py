@@ -480,10 +480,7 @@ def live_errors(ctx, n_train=None, defaults=None):
     k = param(ctx, "k", defaults.get("k", default_k(n_train)))
     recall_k = param(ctx, "recall_k", defaults.get("recall_k"))
     current = defaults.get("temperature", DEFAULTS["temperature"])
-    auto = param(ctx, "auto_temperature")
-    if auto is None:  # an explicit temperature wins over the default
-        auto = param(ctx, "temperature") is None and current == "auto"
-    if auto:
+    if _auto_temperature(ctx, current):
         temperature = "auto"
     else:
         temperature = param(ctx, "temperature", PAPER_TEMPERATURE if current == "auto" else current)
@@ -518,11 +515,21 @@ def add_recall_k(inputs, ctx, n_train=None, defaults=None, errors=None):
                **_invalid(errors, "recall_k"))
 
 
+def _auto_temperature(ctx, current):
+    """Whether the form means ``temperature="auto"``: its checkbox, else an
+    explicit temperature wins over an "auto" default."""
+    auto = param(ctx, "auto_temperature")
+    if auto is None:
+        auto = param(ctx, "temperature") is None and current == "auto"
+    return bool(auto)
+
+
 def add_temperature(inputs, ctx, defaults=None, errors=None):
     current = (defaults or {}).get("temperature", DEFAULTS["temperature"])
-    inputs.bool("auto_temperature", default=current == "auto", label="Automatic temperature",
+    auto = _auto_temperature(ctx, current)
+    inputs.bool("auto_temperature", default=auto, label="Automatic temperature",
                 description="tau from the spread of each image's contributor distances")
-    if not param(ctx, "auto_temperature", current == "auto"):
+    if not auto:
         inputs.float("temperature", default=PAPER_TEMPERATURE if current == "auto" else current,
                       label="Temperature", description="tau > 0 in exp(-d / tau); 1 is the paper",
                       **_invalid(errors, "temperature"))
@@ -541,10 +548,7 @@ def _int(x):
 
 
 def temperature_kwargs(ctx):
-    auto = param(ctx, "auto_temperature")
-    if auto is None:  # an explicit temperature wins over the default
-        auto = param(ctx, "temperature") is None and DEFAULTS["temperature"] == "auto"
-    if auto:
+    if _auto_temperature(ctx, DEFAULTS["temperature"]):
         return {"temperature": "auto"}
     return {"temperature": param(ctx, "temperature", PAPER_TEMPERATURE)}
 
