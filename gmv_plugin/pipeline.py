@@ -23,6 +23,7 @@ import fiftyone.core.utils as fou
 
 from gmv_plugin import arrays as gmvarrays
 from gmv_plugin import brain as gmvb
+from gmv_plugin import cleansing as gmvcl
 from gmv_plugin import embeddings as gmve
 from gmv_plugin import index as gmvi
 from gmv_plugin import quality as gmvq
@@ -54,7 +55,7 @@ def compute_values(
     quality_params=None,
     k=50,
     recall_k=None,
-    temperature=1.0,
+    temperature="auto",
     batch_size=64,
     overwrite=False,
     progress=None,
@@ -65,9 +66,10 @@ def compute_values(
         train_view: the training samples (a dataset or view)
         generated_view: the generated samples, from the same dataset
         key ("gmv"): the run key; fields are named ``{key}_value``,
-            ``{key}_hits`` (training) and ``{key}_contributors``,
-            ``{key}_distances``, ``{key}_scores``, ``{key}_quality``
-            (generated)
+            ``{key}_hits``, ``{key}_cleansing``, ``{key}_copied_by``
+            (training) and ``{key}_contributors``, ``{key}_distances``,
+            ``{key}_scores``, ``{key}_quality``, ``{key}_copy_score``,
+            ``{key}_is_copy`` (generated); see :mod:`gmv_plugin.cleansing`
         model ("vgg16-imagenet-torch"): the encoder: ``"pixels"`` (built-in,
             weight-free), a FiftyOne zoo model name, or a FiftyOne ``Model``
         embeddings_field (None): a field holding embeddings to use, or where
@@ -88,8 +90,11 @@ def compute_values(
         k (50): contributors per generated image (the set P_j)
         recall_k (None): candidates recalled before re-ranking (>= k);
             defaults to ``k``, as in the paper
-        temperature (1.0): tau in ``exp(-d / tau)``; 1 is the paper;
-            ``"auto"`` uses the median spread of the contributor distances
+        temperature ("auto"): tau in ``exp(-d / tau)``; ``"auto"`` uses the
+            median spread of the contributor distances (the default, chosen
+            by ``benchmarks/truth.py``: at the paper's 1, RMS pixel or LPIPS
+            distances in [0, 1] spread each image's credit almost evenly and
+            a copying generator goes undetected); 1 is the paper
         batch_size (64): batch size of the models
         overwrite (False): whether to replace an existing run with this key
         progress (None): whether to render progress bars (True/False), use
@@ -121,7 +126,7 @@ def init_valuation(
     quality_params=None,
     k=50,
     recall_k=None,
-    temperature=1.0,
+    temperature="auto",
     batch_size=64,
     overwrite=False,
     _generated_added=None,
@@ -722,7 +727,8 @@ class Valuation(object):
             q = self._array("quality", "q", mmap=False)
             tau = resolve_temperature(dists, self.config.temperature)
             out = compute_credit(dists, idx, q, tau, len(self.train), self.train.alive, self.gen.alive)
-            self._staged = self._stage_fields(out, dists, idx, q, progress)
+            truth, source = self._truth_columns(out["values"])
+            self._staged = self._stage_fields(out, dists, idx, q, progress, truth)
             files = {
                 "values": self.store.save_array("values", out["values"]),
                 "hits": self.store.save_array("hits", out["hits"]),
@@ -732,12 +738,30 @@ class Valuation(object):
                 "num_contributing": int((out["hits"] > 0).sum()),
                 "num_train": int(len(self.train.alive_rows())),
                 "num_generated": int(len(self.gen.alive_rows())),
+                "truth": {"source": source, "num_copies": int(truth["generated"]["is_copy"].sum())},
             }
             return files, info
 
         self._timed("values", assign, progress)
 
-    def _stage_fields(self, out, dists, idx, q, progress):
+    def _truth_columns(self, values):
+        """Cleansing scores and copy flags (:func:`gmv_plugin.cleansing.truth_columns`)
+        of the alive samples, from their images; from the embeddings when some
+        image files are gone. Returns ``(columns, "images" | "embeddings")``."""
+        train_rows, gen_rows = self.train.alive_rows(), self.gen.alive_rows()
+        train_paths, gen_paths = self.train.paths[train_rows], self.gen.paths[gen_rows]
+        if all(os.path.isfile(p) for p in train_paths) and all(os.path.isfile(p) for p in gen_paths):
+            try:
+                return gmvcl.truth_columns(
+                    values[train_rows], train_paths=train_paths.tolist(), gen_paths=gen_paths.tolist()
+                ), "images"
+            except ImageReadError as e:
+                logger.warning("Run %r: cleansing and copy flags from embeddings: %s", self.key, e)
+        train_emb = np.asarray(self._array("embed_train", "emb")[train_rows])
+        gen_emb = np.asarray(self._array("embed_generated", "emb")[gen_rows])
+        return gmvcl.truth_columns(values[train_rows], train_emb=train_emb, gen_emb=gen_emb), "embeddings"
+
+    def _stage_fields(self, out, dists, idx, q, progress, truth):
         train_rows = self.train.alive_rows()
         gen_rows = self.gen.alive_rows()
         train_ids = self.train.ids
@@ -747,10 +771,12 @@ class Valuation(object):
         parts = [
             (train_ids[train_rows].tolist(), {
                 "value": out["values"][train_rows], "hits": out["hits"][train_rows],
+                "cleansing": truth["train"]["cleansing"], "copied_by": truth["train"]["copied_by"],
             }),
             (self.gen.ids[gen_rows].tolist(), {
                 "contributors": contributors, "distances": distances, "scores": scores,
                 "quality": q[gen_rows].astype(float),
+                "copy_score": truth["generated"]["copy_score"], "is_copy": truth["generated"]["is_copy"],
             }),
         ]
         with fou.ProgressBar(total=len(train_rows) + len(gen_rows), progress=progress) as pb:
