@@ -1,18 +1,25 @@
 """Embedding training and generated images into float32 arrays on disk.
 
-Embeddings are computed with FiftyOne's ``compute_embeddings`` chunk by chunk
-and streamed into a ``.npy`` memmap, so memory is bounded by the chunk size,
-never by the number of images. An ``embeddings_field`` can supply existing
-embeddings or receive new ones.
+Embeddings stream into a ``.npy`` file chunk by chunk, so memory is bounded
+by the chunk size, never by the number of images. An ``embeddings_field`` is
+read with raw batched database reads and numpy decoding (FiftyOne stores a
+``VectorField`` as zlib-compressed ``np.save`` bytes); the built-in pixel
+embedder decodes image files in parallel worker processes; other models use
+FiftyOne's ``compute_embeddings``. An ``embeddings_field`` can also receive
+new embeddings.
 """
 
+import io
 import logging
+import os
+import zlib
 
 import numpy as np
 import fiftyone.core.models as fom
 import fiftyone.core.utils as fou
 from PIL import Image
 
+from gmv_plugin.arrays import NpyWriter, iter_rows
 from gmv_plugin.images import find_unreadable, to_pil
 
 logger = logging.getLogger(__name__)
@@ -21,23 +28,34 @@ DEFAULT_MODEL = "vgg16-imagenet-torch"
 BUILTIN_MODELS = ("pixels",)
 
 
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
 class PixelEmbedder(fom.Model, fom.EmbeddingsMixin):
     """A weight-free encoder: resize, flatten and L2-normalize the pixels.
 
     Euclidean distances between these embeddings rank neighbours exactly as
     cosine similarity in pixel space does.
 
+    Dimension: ``size**2`` (1,024 at the default size) when every image of the
+    run is grayscale, else ``3 * size**2`` (3,072). A grayscale image's
+    one-channel embedding ``v`` and its RGB embedding ``repeat(v, 3) / sqrt(3)``
+    are isometric (R = G = B), so one channel loses nothing and costs a third.
+
     Args:
         size (32): images are resized to ``size x size``
-        mode ("RGB"): ``"RGB"`` or ``"L"`` (grayscale); any input channels
-            are converted, so mixed collections embed consistently
+        mode ("auto"): ``"auto"`` (one channel when every image is grayscale),
+            ``"RGB"`` or ``"L"`` (grayscale); in ``RGB``/``L`` any input
+            channels are converted, so mixed collections embed consistently
     """
 
-    def __init__(self, size=32, mode="RGB"):
-        if mode not in ("RGB", "L"):
-            raise ValueError("mode must be one of ('RGB', 'L'); got %r" % mode)
+    def __init__(self, size=32, mode="auto"):
+        if mode not in PIXEL_MODES:
+            raise ValueError("mode must be one of %s; got %r" % (PIXEL_MODES, mode))
         self.size = int(size)
         self.mode = mode
+        # "auto" resolves on the first collection embedded; later ones follow it
+        self.resolved = None if mode == "auto" else mode
 
     @property
     def media_type(self):
@@ -66,17 +84,23 @@ class PixelEmbedder(fom.Model, fom.EmbeddingsMixin):
     def config(self):
         return {"name": "pixels", "size": self.size, "mode": self.mode}
 
-    def _embed_one(self, img):
-        pil = to_pil(img, self.mode).resize((self.size, self.size), Image.BILINEAR)
-        vec = np.asarray(pil, dtype=np.float32).ravel() / 255.0
-        norm = np.linalg.norm(vec)
-        return vec / norm if norm > 0 else vec
+    def dim(self, mode):
+        return self.size**2 * (1 if mode == "L" else 3)
+
+    def _embed_one(self, img, mode=None):
+        mode = mode or self.resolved or "RGB"
+        pil = to_pil(img, mode).resize((self.size, self.size), Image.BILINEAR)
+        return _normalized(np.asarray(pil, dtype=np.float32).ravel() / 255.0)
 
     def embed(self, arg):
-        return self._embed_one(arg)
+        return self.embed_all([arg])[0]
 
     def embed_all(self, args):
-        return np.stack([self._embed_one(a) for a in args])
+        if self.resolved is not None:
+            return np.stack([self._embed_one(a) for a in args])
+        gray = [_is_gray_array(a) for a in args]
+        vecs = [self._embed_one(a, "L" if g else "RGB") for a, g in zip(args, gray)]
+        return _stack_modes(vecs, gray)
 
     def predict(self, arg):
         return self.embed(arg)
@@ -86,6 +110,53 @@ class PixelEmbedder(fom.Model, fom.EmbeddingsMixin):
 
     def get_embeddings(self):
         raise NotImplementedError("use embed() or embed_all()")
+
+
+PIXEL_MODES = ("auto", "RGB", "L")
+
+
+def _normalized(vec):
+    norm = np.linalg.norm(vec)
+    return vec / norm if norm > 0 else vec
+
+
+def _is_gray_array(img):
+    img = np.asarray(img)
+    return img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (1, 2))
+
+
+def gray_to_rgb(emb):
+    """The RGB pixel embeddings of grayscale images from their one-channel
+    ones (exact: R = G = B, renormalized)."""
+    emb = np.asarray(emb, dtype=np.float32)
+    return np.repeat(emb, 3, axis=-1) / np.float32(np.sqrt(3.0))
+
+
+def _stack_modes(vecs, gray):
+    if all(gray):
+        return np.stack(vecs)
+    return np.stack([gray_to_rgb(v) if g else v for v, g in zip(vecs, gray)])
+
+
+def _decode_chunk(args):
+    """Worker: pixel embeddings of ``paths``; ``(array, is_rgb, failed)``."""
+    paths, size, mode = args
+    vecs, gray, failed = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as img:
+                m = mode if mode != "auto" else ("L" if img.mode in GRAY_MODES else "RGB")
+                if img.mode != m:
+                    img = img.convert(m)
+                img = img.resize((size, size), Image.BILINEAR)
+                vecs.append(_normalized(np.asarray(img, dtype=np.float32).ravel() / 255.0))
+                gray.append(m == "L")
+        except Exception:  # noqa: BLE001 - reported by path in the caller
+            failed.append(i)
+            vecs.append(np.zeros(size * size, dtype=np.float32))
+            gray.append(True)
+    arr = _stack_modes(vecs, gray) if vecs else np.zeros((0, size * size), np.float32)
+    return arr.astype(np.float32, copy=False), not all(gray), failed
 
 
 def resolve_model(model):
@@ -138,6 +209,198 @@ class EmbeddingError(ValueError):
     """Some samples could not be embedded."""
 
 
+def decode_workers():
+    """Processes decoding images: ``GMV_DECODE_WORKERS`` if set, else the
+    CPUs this process may use (at most 8)."""
+    env = os.environ.get("GMV_DECODE_WORKERS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+    except AttributeError:
+        return max(1, min(8, os.cpu_count() or 1))
+
+
+def read_ids_paths(samples):
+    """``(ids, filepaths)`` of ``samples`` in order, in one database pass."""
+    ids, paths = [], []
+    for doc in samples._aggregate(pipeline=[{"$project": {"_id": 1, "filepath": 1}}]):
+        ids.append(str(doc["_id"]))
+        paths.append(doc.get("filepath"))
+    return ids, paths
+
+
+def _decode_vector(value, header):
+    """One stored embedding as a float array; ``header`` caches the ``.npy``
+    header of FiftyOne's VectorField bytes (zlib-compressed ``np.save``)."""
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        raw = zlib.decompress(value)
+        if header.get("raw_len") != len(raw) or raw[: header.get("hlen", 0)] != header.get("bytes"):
+            with io.BytesIO(raw) as f:
+                arr = np.load(f, allow_pickle=False)
+            hlen = len(raw) - arr.nbytes
+            header.update(raw_len=len(raw), hlen=hlen, bytes=raw[:hlen],
+                          dtype=arr.dtype, shape=arr.shape)
+            return arr
+        return np.frombuffer(raw, dtype=header["dtype"], offset=header["hlen"]).reshape(header["shape"])
+    return np.asarray(value)
+
+
+def iter_field_embeddings(samples, field, chunk_size=4096):
+    """Yields ``(ids, vectors)`` chunks of an embeddings field in the order of
+    ``samples``, read with raw batched database reads and decoded with numpy
+    (no documents, no per-vector header parsing); missing values are None."""
+    db_field = samples._handle_db_field(field) if hasattr(samples, "_handle_db_field") else field
+    cursor = samples._aggregate(pipeline=[{"$project": {"_id": 1, db_field: 1}}])
+    header = {}
+    ids, vecs = [], []
+    for doc in cursor:
+        ids.append(str(doc["_id"]))
+        vecs.append(_decode_vector(doc.get(db_field), header))
+        if len(ids) == chunk_size:
+            yield ids, vecs
+            ids, vecs = [], []
+    if ids:
+        yield ids, vecs
+
+
+def read_field_embeddings(samples, field, chunk_size=4096):
+    """``(ids, array)`` of an embeddings field (float32), raw-read in chunks.
+
+    Raises:
+        EmbeddingError: if some samples have no value
+    """
+    ids, out, missing = [], [], 0
+    for chunk_ids, vecs in iter_field_embeddings(samples, field, chunk_size):
+        ids.extend(chunk_ids)
+        missing += sum(v is None for v in vecs)
+        if not missing:
+            out.append(np.asarray(np.stack(vecs), dtype=np.float32).reshape(len(vecs), -1))
+    if missing:
+        raise EmbeddingError("%d of %d samples have no %r" % (missing, len(ids), field))
+    return ids, (np.concatenate(out) if out else np.zeros((0, 0), np.float32))
+
+
+def embed_paths(paths, path, embedder, workers=None, chunk_size=1024, progress=None):
+    """Pixel-embeds image files into a float32 ``.npy`` file, decoding in
+    ``workers`` processes (default :func:`decode_workers`), with memory
+    bounded by the chunks in flight.
+
+    With ``embedder.mode == "auto"`` images embed as one channel until a
+    colour image appears; then the rows written so far are converted with
+    :func:`gray_to_rgb` and the file continues in RGB. The embedder remembers
+    the resolved mode for later collections.
+
+    Returns:
+        a tuple ``(mode, failed)``: ``"L"`` or ``"RGB"`` and the positions of
+        the images that could not be decoded
+    """
+    n = len(paths)
+    mode = embedder.resolved or "auto"
+    size = embedder.size
+    tasks = [(list(paths[s : s + chunk_size]), size, mode) for s in range(0, n, chunk_size)]
+    workers = decode_workers() if workers is None else workers
+    failed = []
+    rgb = mode == "RGB"
+    writer = NpyWriter(path, n)
+    try:
+        with fou.ProgressBar(total=n, progress=progress) as pb:
+            for i, (arr, chunk_rgb, bad) in enumerate(_map_decode(tasks, workers)):
+                start = i * chunk_size
+                failed.extend(start + j for j in bad)
+                if chunk_rgb and not rgb:
+                    writer = _upgrade_to_rgb(writer, path, n, start)
+                    rgb = True
+                if rgb and arr.shape[1] == size * size:
+                    arr = gray_to_rgb(arr)
+                writer.write(start, arr)
+                pb.update(len(arr))
+        if n == 0:
+            raise ValueError("Cannot embed an empty collection")
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    resolved = "RGB" if rgb else "L"
+    if embedder.resolved is None:
+        embedder.resolved = resolved
+    return resolved, failed
+
+
+def _map_decode(tasks, workers):
+    """Decoded chunks in order; a forked pool of ``workers`` processes (the
+    workers only touch PIL and numpy) keeps at most ``2 * workers`` chunks in
+    flight."""
+    if workers <= 1 or len(tasks) <= 1:
+        for t in tasks:
+            yield _decode_chunk(t)
+        return
+    import multiprocessing as mp
+    from collections import deque
+
+    ctx = mp.get_context("fork")
+    with ctx.Pool(workers) as pool:
+        pending = deque()
+        it = iter(tasks)
+        for t in it:
+            pending.append(pool.apply_async(_decode_chunk, (t,)))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            res = pending.popleft().get()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.apply_async(_decode_chunk, (nxt,)))
+            yield res
+
+
+def _upgrade_to_rgb(writer, path, n, rows):
+    """Rewrites the first ``rows`` one-channel rows of ``writer``'s file as RGB
+    into a new writer (a colour image appeared after ``rows`` gray ones)."""
+    new = NpyWriter(path + ".rgb", n)
+    if rows:
+        writer._f.flush()
+        old = np.memmap(writer.tmp, dtype=np.float32, mode="r", offset=writer._data,
+                        shape=(rows, writer.d))
+        for s in range(0, rows, 8192):
+            new.write(s, gray_to_rgb(np.array(old[s : s + 8192])))
+        del old
+    writer.abort()
+    new.path = path
+    return new
+
+
+def embed_pixel_sets(path_lists, out_paths, embedder=None, workers=None, progress=None):
+    """Pixel-embeds several collections of one run (e.g. training and
+    generated images) consistently: one channel only when every image of
+    every collection is grayscale; collections embedded as one channel before
+    a colour one appeared are converted with :func:`gray_to_rgb`.
+
+    Returns:
+        ``(mode, failed)``: the run's mode and, per collection, the positions
+        of undecodable images
+    """
+    embedder = embedder or PixelEmbedder()
+    modes, failed = [], []
+    for paths, out in zip(path_lists, out_paths):
+        each = PixelEmbedder(size=embedder.size, mode=embedder.resolved or "auto")
+        mode, bad = embed_paths(paths, out, each, workers=workers, progress=progress)
+        modes.append(mode)
+        failed.append(bad)
+    if "RGB" in modes:
+        for mode, out in zip(modes, out_paths):
+            if mode == "L":
+                src = np.load(out, mmap_mode="r")
+                with NpyWriter(out, len(src)) as w:
+                    for s, rows in iter_rows(src, 8192):
+                        w.write(s, gray_to_rgb(rows))
+                del src
+    embedder.resolved = "RGB" if "RGB" in modes else "L"
+    return embedder.resolved, failed
+
+
 def embed_to_file(
     samples,
     path,
@@ -146,11 +409,18 @@ def embed_to_file(
     batch_size=64,
     chunk_size=4096,
     progress=None,
+    ids=None,
+    paths=None,
 ):
     """Embeds ``samples`` in order into a float32 ``.npy`` file.
 
-    Computed embeddings are written to ``embeddings_field`` only when they
-    have the dimension of the vectors already stored there.
+    Memory is bounded by ``chunk_size``, never by the number of samples: the
+    file is written with plain writes, embeddings fields are read raw in
+    batches, and the built-in pixel embedder decodes files in parallel
+    workers (:func:`embed_paths`); other models go through FiftyOne's
+    ``compute_embeddings``. Computed embeddings are written to
+    ``embeddings_field`` only when they have the dimension of the vectors
+    already stored there.
 
     Args:
         samples: a sample collection
@@ -162,6 +432,8 @@ def embed_to_file(
         batch_size (64): the model's batch size
         chunk_size (4096): samples handled per round trip to the database
         progress (None): like FiftyOne's ``progress`` arguments
+        ids (None), paths (None): the samples' ids and filepaths, in order,
+            when the caller has read them already
 
     Returns:
         a tuple ``(ids, embeddings)``: the sample ids and a read-only memmap
@@ -169,64 +441,107 @@ def embed_to_file(
     Raises:
         EmbeddingError: naming the samples whose images could not be embedded
     """
-    ids = samples.values("id")
-    has_field = embeddings_field is not None and samples.has_field(
-        embeddings_field
-    )
+    has_field = embeddings_field is not None and samples.has_field(embeddings_field)
     if model is None and not has_field:
         raise ValueError(
             "Provide a model, or an embeddings_field that exists on every "
             "sample; field %r does not exist" % embeddings_field
         )
-
-    field_dim = _field_dim(samples, embeddings_field) if has_field else None
-    out = None
-    failed = []
-    with fou.ProgressBar(total=len(ids), progress=progress) as pb:
-        for start in range(0, len(ids), chunk_size):
-            chunk_ids = ids[start : start + chunk_size]
-            chunk = samples.select(chunk_ids, ordered=True)
-            embs = _chunk_embeddings(
-                chunk, model, embeddings_field, has_field, batch_size, field_dim
+    if has_field:
+        done = _field_to_file(samples, path, embeddings_field, chunk_size, ids, progress)
+        if done is not None:
+            return done, np.load(path, mmap_mode="r")
+        if model is None:
+            raise EmbeddingError(
+                "Some samples have no embedding in %r and no model was given"
+                % embeddings_field
             )
-            for sid, emb in zip(chunk_ids, embs):
-                if emb is None:
-                    failed.append(sid)
-            if failed:
+    if ids is None or (paths is None and isinstance(model, PixelEmbedder)):
+        ids, paths = read_ids_paths(samples)
+    if isinstance(model, PixelEmbedder) and not has_field:
+        _, failed = embed_paths(paths, path, model, progress=progress)
+        if failed:
+            os.remove(path)
+            _raise_failed([ids[i] for i in failed], [paths[i] for i in failed], len(ids), None)
+        if embeddings_field is not None:
+            _store_field(samples, embeddings_field, ids, np.load(path, mmap_mode="r"), chunk_size)
+        return list(ids), np.load(path, mmap_mode="r")
+    return _compute_to_file(samples, path, model, embeddings_field, has_field, batch_size,
+                            chunk_size, ids, progress)
+
+
+def _field_to_file(samples, path, field, chunk_size, ids, progress):
+    """Copies ``field`` into ``path``; the ids, or None if a value is missing."""
+    out_ids = []
+    n = len(ids) if ids is not None else samples.count()
+    try:
+        with NpyWriter(path, n) as writer, fou.ProgressBar(total=n, progress=progress) as pb:
+            for chunk_ids, vecs in iter_field_embeddings(samples, field, chunk_size):
+                if any(v is None for v in vecs):
+                    raise _Missing()
+                start = len(out_ids)
+                writer.write(start, np.stack(vecs).reshape(len(vecs), -1))
+                out_ids.extend(chunk_ids)
                 pb.update(len(chunk_ids))
-                continue
-            arr = np.asarray(np.stack(embs), dtype=np.float32).reshape(
-                len(chunk_ids), -1
-            )
-            if out is None:
-                out = np.lib.format.open_memmap(
-                    path, mode="w+", dtype=np.float32,
-                    shape=(len(ids), arr.shape[1]),
-                )
-            if arr.shape[1] != out.shape[1]:
-                raise EmbeddingError(
-                    "Embeddings have inconsistent dimensions: %d and %d"
-                    % (out.shape[1], arr.shape[1])
-                )
-            out[start : start + len(chunk_ids)] = arr
-            pb.update(len(chunk_ids))
+            if len(out_ids) != n:
+                raise ValueError("Cannot embed an empty collection" if not out_ids else
+                                 "The collection changed while reading %r" % field)
+    except _Missing:
+        return None
+    if ids is not None and list(ids) != out_ids:
+        raise ValueError("ids= does not match the order of the samples")
+    return out_ids
 
-    if failed:
-        # A batch fails as a whole: name the images that are really broken.
-        paths = samples.select(failed).values("filepath")
-        broken = find_unreadable(paths, limit=5)
-        raise EmbeddingError(
-            "Could not embed %d of %d samples; unreadable images: %s"
-            % (len(failed), len(ids), broken)
-            if broken
-            else "Could not embed %d of %d samples (no embedding in %r), e.g. %s"
-            % (len(failed), len(ids), embeddings_field, paths[:5])
-        )
-    if out is None:
-        raise ValueError("Cannot embed an empty collection")
-    out.flush()
-    del out
-    return ids, np.load(path, mmap_mode="r")
+
+class _Missing(Exception):
+    pass
+
+
+def _store_field(samples, field, ids, emb, chunk_size):
+    """Stores embeddings in ``field`` with one bulk write per chunk."""
+    for s in range(0, len(ids), chunk_size):
+        rows = np.asarray(emb[s : s + chunk_size])
+        samples.set_values(field, dict(zip(ids[s : s + chunk_size], list(rows))), key_field="id",
+                           progress=False)
+
+
+def _raise_failed(failed_ids, failed_paths, total, field):
+    broken = find_unreadable(failed_paths, limit=5)
+    raise EmbeddingError(
+        "Could not embed %d of %d samples; unreadable images: %s"
+        % (len(failed_ids), total, broken)
+        if broken
+        else "Could not embed %d of %d samples (no embedding in %r), e.g. %s"
+        % (len(failed_ids), total, field, failed_paths[:5])
+    )
+
+
+def _compute_to_file(samples, path, model, embeddings_field, has_field, batch_size,
+                     chunk_size, ids, progress):
+    field_dim = _field_dim(samples, embeddings_field) if has_field else None
+    failed = []
+    writer = NpyWriter(path, len(ids))
+    try:
+        with fou.ProgressBar(total=len(ids), progress=progress) as pb:
+            for start in range(0, len(ids), chunk_size):
+                chunk_ids = ids[start : start + chunk_size]
+                chunk = samples.select(chunk_ids, ordered=True)
+                embs = _chunk_embeddings(chunk, model, embeddings_field, has_field, batch_size,
+                                         field_dim)
+                failed.extend(sid for sid, emb in zip(chunk_ids, embs) if emb is None)
+                if not failed:
+                    writer.write(start, np.stack(embs).reshape(len(chunk_ids), -1))
+                pb.update(len(chunk_ids))
+        if failed:
+            paths = samples.select(failed).values("filepath")
+            _raise_failed(failed, paths, len(ids), embeddings_field)
+        if not ids:
+            raise ValueError("Cannot embed an empty collection")
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return list(ids), np.load(path, mmap_mode="r")
 
 
 def _field_dim(samples, field):

@@ -261,6 +261,69 @@ def identical_attributes(dataset, key, fields, ks=(5, 10, 15)):
     }
 
 
+def identical_labels(gen_labels, train_labels, contributors, ks):
+    """C1/C2 on arrays: mean share of each generated image's top-k contributors
+    whose label equals its own.
+
+    Args:
+        gen_labels: ``(m,)`` labels of the generated images
+        train_labels: ``(n,)`` labels of the training images
+        contributors: ``(m, K)`` training rows, best first
+        ks: the k values (each <= K)
+
+    Returns:
+        a dict k -> share in [0, 1]
+    """
+    ks = _check_ks(ks)
+    contributors = np.asarray(contributors)
+    if max(ks) > contributors.shape[1]:
+        raise ValueError(f"k={max(ks)} exceeds the {contributors.shape[1]} contributors given")
+    match = np.asarray(train_labels)[contributors[:, : max(ks)]] == np.asarray(gen_labels)[:, None]
+    cum = np.cumsum(match, axis=1)
+    return {k: float(np.mean(cum[:, k - 1] / k)) for k in ks}
+
+
+def digit_attribute_fields(dataset, train_view, prefix="digit_", n_bins=3, batch_size=2000):
+    """Writes binned digit attributes (C2 on MNIST) to every sample of ``dataset``.
+
+    Measures :data:`gmv_plugin.attributes.ATTRIBUTES` (stroke thickness,
+    slant, width, ink share; see :mod:`gmv_plugin.attributes` for the method)
+    on each image, read as grayscale, and stores ``low`` / ``mid`` / ``high``
+    (terciles of ``train_view``'s values) in string fields
+    ``{prefix}{attribute}``, ready for :func:`identical_attributes`.
+
+    Returns:
+        the list of field names written
+    """
+    from gmv_plugin import attributes as gmva
+    from gmv_plugin.images import read_image
+
+    def measure(view):
+        ids, paths = view.values(["id", "filepath"])
+        parts = {a: [] for a in gmva.ATTRIBUTES}
+        for b in range(0, len(paths), batch_size):
+            imgs = [read_image(p, mode="L")[0] for p in paths[b : b + batch_size]]
+            shapes = {im.shape for im in imgs}
+            if len(shapes) != 1:
+                raise ValueError(f"Digit attributes need images of one size; found {sorted(shapes)[:3]}")
+            for a, vals in gmva.digit_attributes(np.stack(imgs)).items():
+                parts[a].append(vals)
+        return ids, {a: np.concatenate(v) if v else np.zeros(0) for a, v in parts.items()}
+
+    _, train_attrs = measure(train_view)
+    if not len(train_attrs[gmva.ATTRIBUTES[0]]):
+        raise ValueError("train_view is empty")
+    edges = {a: gmva.bin_edges(v, n_bins) for a, v in train_attrs.items()}
+    ids, attrs = measure(dataset)
+    bins = gmva.bin_attributes(attrs, edges)
+    names = []
+    for a in gmva.ATTRIBUTES:
+        field = f"{prefix}{a}"
+        dataset.set_values(field, dict(zip(ids, bins[a].tolist())), key_field="id")
+        names.append(field)
+    return names
+
+
 # --------------------------------------------------------------------------
 # C3 / membership
 
@@ -288,8 +351,15 @@ def _group(dataset, key, spec, values_view=None):
     )
 
 
-def _values(dataset, key):
-    vals = np.array(_training(dataset, key).values(f"{key}_value"), dtype=float)
+SCORES = ("value", "cleansing")
+
+
+def _values(dataset, key, score="value"):
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}; got {score!r}")
+    if dataset.get_field(f"{key}_{score}") is None:
+        raise ValueError(f"Run {key!r} has no field '{key}_{score}'; recompute it to get one")
+    vals = np.array(_training(dataset, key).values(f"{key}_{score}"), dtype=float)
     if vals.size == 0:
         raise ValueError(f"Run {key!r} has no training samples with values")
     return vals
@@ -305,8 +375,8 @@ def _auc(positive, scores):
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def cleansing(dataset, key, corrupted, fractions=(0.01, 0.05, 0.10)):
-    """C3: how low the run values training samples marked as corrupted.
+def cleansing(dataset, key, corrupted, fractions=(0.01, 0.05, 0.10), score="value"):
+    """C3: how low the run values (or scores) training samples marked as corrupted.
 
     Ranks use averaged ties, so a corrupted sample tied with many others at the
     same value (e.g. 0, never recalled) sits at the middle of that tie.
@@ -317,6 +387,8 @@ def cleansing(dataset, key, corrupted, fractions=(0.01, 0.05, 0.10)):
         corrupted: a sample tag or boolean field marking corrupted training samples
         fractions: report the share of corrupted samples within these lowest
             fractions of values
+        score ("value"): rank by ``{key}_value`` (the paper's C3) or by
+            ``{key}_cleansing`` (:mod:`gmv_plugin.cleansing`)
 
     Returns:
         a dict with ``percentiles`` (of the corrupted samples' values, 0-100),
@@ -326,7 +398,7 @@ def cleansing(dataset, key, corrupted, fractions=(0.01, 0.05, 0.10)):
     from scipy.stats import rankdata
 
     _check_key(dataset, key)
-    vals = _values(dataset, key)
+    vals = _values(dataset, key, score)
     mask = _group(dataset, key, corrupted)
     n, n_bad = len(vals), int(mask.sum())
     if n_bad == 0:
@@ -339,6 +411,7 @@ def cleansing(dataset, key, corrupted, fractions=(0.01, 0.05, 0.10)):
     return {
         "criterion": "C3",
         "key": key,
+        "score": score,
         "corrupted": corrupted,
         "num_train": n,
         "num_corrupted": n_bad,

@@ -21,7 +21,9 @@ import time
 import numpy as np
 import fiftyone.core.utils as fou
 
+from gmv_plugin import arrays as gmvarrays
 from gmv_plugin import brain as gmvb
+from gmv_plugin import cleansing as gmvcl
 from gmv_plugin import embeddings as gmve
 from gmv_plugin import index as gmvi
 from gmv_plugin import quality as gmvq
@@ -53,7 +55,7 @@ def compute_values(
     quality_params=None,
     k=50,
     recall_k=None,
-    temperature=1.0,
+    temperature="auto",
     batch_size=64,
     overwrite=False,
     progress=None,
@@ -64,9 +66,10 @@ def compute_values(
         train_view: the training samples (a dataset or view)
         generated_view: the generated samples, from the same dataset
         key ("gmv"): the run key; fields are named ``{key}_value``,
-            ``{key}_hits`` (training) and ``{key}_contributors``,
-            ``{key}_distances``, ``{key}_scores``, ``{key}_quality``
-            (generated)
+            ``{key}_hits``, ``{key}_cleansing``, ``{key}_copied_by``
+            (training) and ``{key}_contributors``, ``{key}_distances``,
+            ``{key}_scores``, ``{key}_quality``, ``{key}_copy_score``,
+            ``{key}_is_copy`` (generated); see :mod:`gmv_plugin.cleansing`
         model ("vgg16-imagenet-torch"): the encoder: ``"pixels"`` (built-in,
             weight-free), a FiftyOne zoo model name, or a FiftyOne ``Model``
         embeddings_field (None): a field holding embeddings to use, or where
@@ -87,8 +90,11 @@ def compute_values(
         k (50): contributors per generated image (the set P_j)
         recall_k (None): candidates recalled before re-ranking (>= k);
             defaults to ``k``, as in the paper
-        temperature (1.0): tau in ``exp(-d / tau)``; 1 is the paper;
-            ``"auto"`` uses the median spread of the contributor distances
+        temperature ("auto"): tau in ``exp(-d / tau)``; ``"auto"`` uses the
+            median spread of the contributor distances (the default, chosen
+            by ``benchmarks/truth.py``: at the paper's 1, RMS pixel or LPIPS
+            distances in [0, 1] spread each image's credit almost evenly and
+            a copying generator goes undetected); 1 is the paper
         batch_size (64): batch size of the models
         overwrite (False): whether to replace an existing run with this key
         progress (None): whether to render progress bars (True/False), use
@@ -120,7 +126,7 @@ def init_valuation(
     quality_params=None,
     k=50,
     recall_k=None,
-    temperature=1.0,
+    temperature="auto",
     batch_size=64,
     overwrite=False,
     _generated_added=None,
@@ -207,7 +213,9 @@ def _known_dim(model):
     if model == "pixels":
         model = gmve.PixelEmbedder()
     if isinstance(model, gmve.PixelEmbedder):
-        return model.size * model.size * (1 if model.mode == "L" else 3)
+        # "auto" is size**2 (all grayscale) or 3 * size**2; divisors of the
+        # first divide both
+        return model.size * model.size * (3 if model.mode == "RGB" else 1)
     return None
 def load_valuation(samples, key, **updates):
     """Loads run ``key`` for running stages, applying config ``updates``
@@ -595,7 +603,7 @@ class Valuation(object):
         if brain_key is None and self._model is not None and not (
             self.config.embeddings_field and self._field_complete()
         ):
-            model = gmve.resolve_model(self._model)
+            model = self._resolved_model()
         for part, what, view in (("embed_train", "train", self.train_view),
                                  ("embed_generated", "gen", self.generated_view)):
             if part not in parts or self.entry(part) is not None and not force:
@@ -617,6 +625,7 @@ class Valuation(object):
                     ids, emb = gmve.embed_to_file(
                         view, tmp, model=model, embeddings_field=self.config.embeddings_field,
                         batch_size=self.config.batch_size, progress=progress,
+                        ids=side.ids.tolist(), paths=side.paths.tolist(),
                     )
                 if list(ids) != side.ids.tolist():
                     raise RuntimeError("The %s samples changed while they were embedded; try again" % what)
@@ -628,10 +637,23 @@ class Valuation(object):
             self._put(part, time.perf_counter() - start, files, count=len(ids),
                       side_digest=side.digest, emb=self._emb_digest())
 
+    def _resolved_model(self):
+        """The encoder; a pixel embedder in ``"auto"`` mode follows the mode
+        of the stored training embeddings, so every part of a run has one
+        dimension."""
+        model = gmve.resolve_model(self._model)
+        if isinstance(model, gmve.PixelEmbedder) and model.mode == "auto" and self.entry("embed_train"):
+            d = self._array("embed_train", "emb").shape[1]
+            model.resolved = "L" if d == model.dim("L") else "RGB"
+        return model
+
     def _index_params(self):
         emb = self._array("embed_train", "emb")
-        itype = gmvi.resolve_index_type(self.config.index, emb.shape[0])
-        return itype, gmvi.default_params(itype, emb.shape[0], emb.shape[1], self.config.index_params)
+        n, d = emb.shape
+        m, k = len(self.gen), self.config.recall_k
+        itype = gmvi.resolve_index_type(self.config.index, n, d=d, n_queries=m, k=k,
+                                        params=self.config.index_params)
+        return itype, gmvi.default_params(itype, n, d, self.config.index_params, n_queries=m, k=k)
 
     def _stage_index(self, progress=None, force=False):
         self._require("embed_train")
@@ -641,10 +663,14 @@ class Valuation(object):
                 # nothing to build: check the Brain index covers the training samples
                 return {}, {"index_type": "brain", "index_params": self._brain_recall().describe()}
             itype, params = self._index_params()
-            index = gmvi.build_index(self._array("embed_train", "emb"), itype, params, progress=progress)
+            index = gmvi.build_index(self._array("embed_train", "emb"), itype, params, progress=progress,
+                                     k=self.config.recall_k, n_queries=len(self.gen))
             name, tmp = self.store.new_file("index", ".faiss")
             gmvi.save_index(index, tmp)
-            return {"index": self.store.seal(name)}, {"index_type": itype, "index_params": params}
+            info = gmvi.index_info(index)  # calibrated nprobe/refine, GPU placement
+            return {"index": self.store.seal(name)}, {
+                "index_type": itype, "index_params": info["params"],
+                "calibration": info["calibration"], "placement": info["placement"]}
 
         self._timed("index", build, progress)
 
@@ -701,7 +727,8 @@ class Valuation(object):
             q = self._array("quality", "q", mmap=False)
             tau = resolve_temperature(dists, self.config.temperature)
             out = compute_credit(dists, idx, q, tau, len(self.train), self.train.alive, self.gen.alive)
-            self._staged = self._stage_fields(out, dists, idx, q, progress)
+            truth, source = self._truth_columns(out["values"])
+            self._staged = self._stage_fields(out, dists, idx, q, progress, truth)
             files = {
                 "values": self.store.save_array("values", out["values"]),
                 "hits": self.store.save_array("hits", out["hits"]),
@@ -711,12 +738,30 @@ class Valuation(object):
                 "num_contributing": int((out["hits"] > 0).sum()),
                 "num_train": int(len(self.train.alive_rows())),
                 "num_generated": int(len(self.gen.alive_rows())),
+                "truth": {"source": source, "num_copies": int(truth["generated"]["is_copy"].sum())},
             }
             return files, info
 
         self._timed("values", assign, progress)
 
-    def _stage_fields(self, out, dists, idx, q, progress):
+    def _truth_columns(self, values):
+        """Cleansing scores and copy flags (:func:`gmv_plugin.cleansing.truth_columns`)
+        of the alive samples, from their images; from the embeddings when some
+        image files are gone. Returns ``(columns, "images" | "embeddings")``."""
+        train_rows, gen_rows = self.train.alive_rows(), self.gen.alive_rows()
+        train_paths, gen_paths = self.train.paths[train_rows], self.gen.paths[gen_rows]
+        if all(os.path.isfile(p) for p in train_paths) and all(os.path.isfile(p) for p in gen_paths):
+            try:
+                return gmvcl.truth_columns(
+                    values[train_rows], train_paths=train_paths.tolist(), gen_paths=gen_paths.tolist()
+                ), "images"
+            except ImageReadError as e:
+                logger.warning("Run %r: cleansing and copy flags from embeddings: %s", self.key, e)
+        train_emb = np.asarray(self._array("embed_train", "emb")[train_rows])
+        gen_emb = np.asarray(self._array("embed_generated", "emb")[gen_rows])
+        return gmvcl.truth_columns(values[train_rows], train_emb=train_emb, gen_emb=gen_emb), "embeddings"
+
+    def _stage_fields(self, out, dists, idx, q, progress, truth):
         train_rows = self.train.alive_rows()
         gen_rows = self.gen.alive_rows()
         train_ids = self.train.ids
@@ -726,10 +771,12 @@ class Valuation(object):
         parts = [
             (train_ids[train_rows].tolist(), {
                 "value": out["values"][train_rows], "hits": out["hits"][train_rows],
+                "cleansing": truth["train"]["cleansing"], "copied_by": truth["train"]["copied_by"],
             }),
             (self.gen.ids[gen_rows].tolist(), {
                 "contributors": contributors, "distances": distances, "scores": scores,
                 "quality": q[gen_rows].astype(float),
+                "copy_score": truth["generated"]["copy_score"], "is_copy": truth["generated"]["is_copy"],
             }),
         ]
         with fou.ProgressBar(total=len(train_rows) + len(gen_rows), progress=progress) as pb:
@@ -745,7 +792,8 @@ class Valuation(object):
             return self._brain_recall().search(gen_emb, self.config.recall_k)
         index = gmvi.load_index(self.store.path(self.entry("index")["files"]["index"]))
         _, params = self._index_params()
-        return gmvi.search(index, gen_emb, self.config.recall_k, params)
+        return gmvi.search(index, gen_emb, self.config.recall_k, params,
+                           vectors=self._array("embed_train", "emb"))
 
     def _rerank(self, dists, idx, gen_paths, progress, chunk=256):
         """Re-ranks recalled candidates and keeps the best ``k`` per row;
@@ -792,7 +840,7 @@ class Valuation(object):
         emb = self._array("embed_train", "emb")
         rows = np.unique(idx)
         k = min(REALISM_K + 1, emb.shape[0])
-        radii, _ = gmvi.search(index, emb[rows], k, params)
+        radii, _ = gmvi.search(index, emb[rows], k, params, vectors=emb)
         lookup = np.zeros(emb.shape[0], dtype=np.float32)
         lookup[rows] = radii[:, -1]
         return gmvq.realism_scores(dists, lookup[idx])
@@ -844,7 +892,7 @@ class Valuation(object):
                     batch_size=self.config.batch_size, progress=_stage_progress(progress, "embed"),
                 )
             else:
-                model = None if self._model is None else gmve.resolve_model(self._model)
+                model = None if self._model is None else self._resolved_model()
                 ids, new_emb = gmve.embed_to_file(
                     self.dataset.select(new_ids, ordered=True), tmp, model=model,
                     embeddings_field=self.config.embeddings_field, batch_size=self.config.batch_size,
@@ -928,7 +976,8 @@ def _contributor_lists(train_ids, idx, dists, scores, kept):
 def _check_finite(emb, ids, chunk=65_536):
     bad = []
     for s in range(0, len(emb), chunk):
-        rows = np.flatnonzero(~np.isfinite(np.asarray(emb[s : s + chunk])).all(axis=1))
+        # plain reads: memmap pages touched here would stay in RSS (4 GB at 10^6 x 1024)
+        rows = np.flatnonzero(~np.isfinite(gmvarrays.read_rows(emb, s, s + chunk)).all(axis=1))
         bad.extend(ids[s + rows].tolist())
     if bad:
         raise gmve.EmbeddingError(

@@ -35,7 +35,10 @@ def build_report(samples, key="gmv", n=10, bins=30, data_url=True):
         ``histogram`` (counts, edges, zero_count, path, data_url), ``top``
         (the ``n`` most valuable) and ``bottom`` (the ``n`` least valuable
         among the non-zero values; ``counts["zero_value"]`` counts the
-        others), lists of id, filepath, value, hits; ``timings``
+        others), lists of id, filepath, value, hits; ``remove_first`` (the
+        lowest cleansing scores: id, filepath, cleansing, value),
+        ``possible_copies`` (``count`` and ``rows`` of id, filepath,
+        copy_score; None for runs without these fields); ``timings``
         (seconds per stage), ``total_seconds``, ``reused`` and ``config``
     """
     dataset = samples._root_dataset
@@ -80,6 +83,7 @@ def build_report(samples, key="gmv", n=10, bins=30, data_url=True):
         ]
 
     timings = {k: float(v) for k, v in (getattr(results, "timings", None) or {}).items()}
+    remove_first, copies = _truth_rows(dataset, train, generated, key, n)
     return {
         "key": key,
         "dataset": dataset.name,
@@ -112,6 +116,8 @@ def build_report(samples, key="gmv", n=10, bins=30, data_url=True):
         },
         "top": rows(results.top(n)),
         "bottom": rows(nonzero.sort_by(value).limit(n)),
+        "remove_first": remove_first,
+        "possible_copies": copies,
         "timings": timings,
         "total_seconds": float(sum(timings.values())),
         "reused": list(getattr(results, "reused", None) or []),
@@ -131,6 +137,33 @@ def build_report(samples, key="gmv", n=10, bins=30, data_url=True):
 
 def _float(x):
     return None if x is None else float(x)
+
+
+def _truth_rows(dataset, train, generated, key, n):
+    """The ``n`` training samples with the lowest cleansing score, and every
+    generated sample flagged as a copy (highest copy score first, at most
+    ``n``), or None for runs written before these fields existed."""
+    cleansing, value = "%s_cleansing" % key, "%s_value" % key
+    remove_first = None
+    if dataset.has_field(cleansing):
+        view = train.exists(cleansing).sort_by(cleansing).limit(n)
+        ids, paths, scores, vals = view.values(["id", "filepath", cleansing, value])
+        remove_first = [
+            {"id": i, "filepath": p, "filename": os.path.basename(p), "cleansing": _float(c), "value": _float(v)}
+            for i, p, c, v in zip(ids, paths, scores, vals)
+        ]
+    copies = None
+    flag, score = "%s_is_copy" % key, "%s_copy_score" % key
+    if dataset.has_field(flag):
+        flagged = generated.match(F(flag) == True)  # noqa: E712
+        view = flagged.sort_by(score, reverse=True).limit(n)
+        ids, paths, scores = view.values(["id", "filepath", score])
+        copies = {
+            "count": flagged.count(),
+            "rows": [{"id": i, "filepath": p, "filename": os.path.basename(p), "copy_score": _float(c)}
+                     for i, p, c in zip(ids, paths, scores)],
+        }
+    return remove_first, copies
 
 
 #: the FiftyOne App's dark theme
@@ -216,4 +249,19 @@ def report_markdown(report, tables=True, max_rows=None):
             "| %d | %s | %s | %s |" % (i, r["filename"], fmt(r["value"]), r["hits"])
             for i, r in enumerate(rows, start=1)
         ]
+    rows = report.get("remove_first")
+    if rows:
+        rows = rows if max_rows is None else rows[:max_rows]
+        lines += ["", "**Remove first (lowest cleansing score)**", "",
+                  "| # | sample | cleansing | value |", "|---|---|---|---|"]
+        lines += ["| %d | %s | %s | %s |" % (i, r["filename"], fmt(r["cleansing"]), fmt(r["value"]))
+                  for i, r in enumerate(rows, start=1)]
+    copies = report.get("possible_copies")
+    if copies is not None:
+        lines += ["", "**Possible copies**: %d generated samples flagged" % copies["count"]]
+        rows = copies["rows"] if max_rows is None else copies["rows"][:max_rows]
+        if rows:
+            lines += ["", "| # | generated sample | copy score |", "|---|---|---|"]
+            lines += ["| %d | %s | %s |" % (i, r["filename"], fmt(r["copy_score"]))
+                      for i, r in enumerate(rows, start=1)]
     return "\n".join(lines)

@@ -53,18 +53,20 @@ QUALITY_LABELS = {
     "other": "Other pyiqa no-reference metric",
 }
 INDEX_LABELS = {
-    "auto": "Auto (by training set size)",
+    "auto": "Auto (cheapest by a cost model, within a memory budget)",
     "flat": "Flat (exact)",
+    "ivfflat": "Inverted file (IVF-flat, PCA for large dimensions)",
     "pq": "Product quantization (PQ)",
     "ivfpq": "Inverted file + PQ (IVF-PQ)",
 }
 INDEX_PARAM_FIELDS = {
+    "pca": ("PCA dimensions (0 = none)", ("ivfflat", "pq", "ivfpq")),
     "M": ("Sub-vectors M", ("pq", "ivfpq")),
     "nbits": ("Bits per sub-vector code (nbits)", ("pq", "ivfpq")),
-    "nlist": ("Inverted lists (nlist)", ("ivfpq",)),
-    "nprobe": ("Lists searched (nprobe)", ("ivfpq",)),
-    "refine": ("Exact re-scoring factor (refine, 0 = codes only)", ("pq", "ivfpq")),
-    "train_size": ("Codebook training sample size", ("pq", "ivfpq")),
+    "nlist": ("Inverted lists (nlist)", ("ivfflat", "ivfpq")),
+    "nprobe": ("Lists searched (nprobe)", ("ivfflat", "ivfpq")),
+    "refine": ("Exact re-scoring factor (refine, 0 = codes only)", ("ivfflat", "pq", "ivfpq")),
+    "train_size": ("Codebook training sample size", ("ivfflat", "pq", "ivfpq")),
 }
 DEFAULTS = {
     "encoder": "pixels",
@@ -72,9 +74,10 @@ DEFAULTS = {
     "rerank": "l2",
     "quality": "realism",
     "k": 50,
-    "temperature": 1.0,
+    "temperature": "auto",  # chosen by benchmarks/truth.py; 1.0 is the paper's
     "batch_size": 64,
 }
+PAPER_TEMPERATURE = 1.0
 
 
 def param(ctx, name, default=None):
@@ -479,10 +482,10 @@ def live_errors(ctx, n_train=None, defaults=None):
     k = param(ctx, "k", defaults.get("k", default_k(n_train)))
     recall_k = param(ctx, "recall_k", defaults.get("recall_k"))
     current = defaults.get("temperature", DEFAULTS["temperature"])
-    if param(ctx, "auto_temperature", current == "auto"):
+    if _auto_temperature(ctx, current):
         temperature = "auto"
     else:
-        temperature = param(ctx, "temperature", DEFAULTS["temperature"] if current == "auto" else current)
+        temperature = param(ctx, "temperature", PAPER_TEMPERATURE if current == "auto" else current)
     batch_size = param(ctx, "batch_size", defaults.get("batch_size", DEFAULTS["batch_size"]))
     params = dict(k=k, recall_k=recall_k, temperature=temperature, batch_size=batch_size)
     return gmvval.param_errors(n_train=n_train, **params)
@@ -514,12 +517,22 @@ def add_recall_k(inputs, ctx, n_train=None, defaults=None, errors=None):
                **_invalid(errors, "recall_k"))
 
 
+def _auto_temperature(ctx, current):
+    """Whether the form means ``temperature="auto"``: its checkbox, else an
+    explicit temperature wins over an "auto" default."""
+    auto = param(ctx, "auto_temperature")
+    if auto is None:
+        auto = param(ctx, "temperature") is None and current == "auto"
+    return bool(auto)
+
+
 def add_temperature(inputs, ctx, defaults=None, errors=None):
     current = (defaults or {}).get("temperature", DEFAULTS["temperature"])
-    inputs.bool("auto_temperature", default=current == "auto", label="Automatic temperature",
+    auto = _auto_temperature(ctx, current)
+    inputs.bool("auto_temperature", default=auto, label="Automatic temperature",
                 description="tau from the spread of each image's contributor distances")
-    if not param(ctx, "auto_temperature", current == "auto"):
-        inputs.float("temperature", default=DEFAULTS["temperature"] if current == "auto" else current,
+    if not auto:
+        inputs.float("temperature", default=PAPER_TEMPERATURE if current == "auto" else current,
                       label="Temperature", description="tau > 0 in exp(-d / tau); 1 is the paper",
                       **_invalid(errors, "temperature"))
 
@@ -537,9 +550,9 @@ def _int(x):
 
 
 def temperature_kwargs(ctx):
-    if param(ctx, "auto_temperature"):
+    if _auto_temperature(ctx, DEFAULTS["temperature"]):
         return {"temperature": "auto"}
-    return {"temperature": param(ctx, "temperature", DEFAULTS["temperature"])}
+    return {"temperature": param(ctx, "temperature", PAPER_TEMPERATURE)}
 
 
 def add_full_config(inputs, ctx, n_train):

@@ -224,7 +224,7 @@ def test_sigkill_at_timed_moments_during_overwrite(ds, refs):
 
 def test_failed_stage_call_keeps_run(ds, refs):
     compute(ds, "fail", **OLD)
-    with pytest.raises(ValueError, match="index_params M=7 must divide the embedding dimension 3072"):
+    with pytest.raises(ValueError, match="index_params M=7 must divide the embedding dimension 1024"):
         gmv.build_index(ds, key="fail", index="pq", index_params={"M": 7})
     other = fo.Dataset()
     other.add_sample(fo.Sample(filepath=ds.first().filepath))

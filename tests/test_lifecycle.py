@@ -47,12 +47,12 @@ def test_bad_keys_fail_before_any_work(digits_dataset, key, match):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(index="pq", index_params={"M": 0}), r"M must be an integer between 1 and 3072"),
+    (dict(index="pq", index_params={"M": 0}), r"M must be an integer between 1 and 1024"),
     (dict(index="pq", index_params={"nbits": 0}), r"nbits must be an integer between 1 and 16"),
     (dict(index="ivfpq", index_params={"nlist": 5000}), r"nlist must be an integer between 1 and 270"),
     (dict(index="ivfpq", index_params={"nlist": -1}), r"nlist must be an integer between 1 and 270"),
     (dict(index="ivfpq", index_params={"nprobe": 0}), r"nprobe must be an integer between 1"),
-    (dict(index="pq", index_params={"M": 7}), r"M=7 must divide the embedding dimension 3072"),
+    (dict(index="pq", index_params={"M": 7}), r"M=7 must divide the embedding dimension 1024"),
     (dict(rerank_params={"sise": 3}), r"Unknown rerank_params \['sise'\] for rerank='l2'"),
     (dict(rerank_params={"size": 0}), r"rerank_params size must be an integer >= 1; got 0"),
     (dict(batch_size=0), r"batch_size must be an integer >= 1; got 0"),
@@ -214,3 +214,22 @@ def test_rename_keeps_run_dir_and_refuses_private_keys(digits_dataset):
     assert results.run_dir == gmvruns.run_dir(ds, "r2") and os.path.isdir(results.run_dir)
     assert gmv.assign_values(ds, key="r2", progress=False).num_generated == 30
     assert "r2_value" in ds.list_indexes()
+
+
+def test_colour_generated_images_follow_a_grayscale_training_set(digits_dataset, tmp_path):
+    ds = digits_dataset
+    train, gen = _views(ds)
+    gmv.compute_values(train, gen, key="col", **FAST)
+    paths = []
+    for i, p in enumerate(train.limit(5).values("filepath")):
+        g = np.asarray(Image.open(p))
+        q = str(tmp_path / ("colour_%d.png" % i))
+        Image.fromarray(np.dstack([g, g // 2, np.zeros_like(g)])).save(q)
+        paths.append(q)
+    ds.add_samples([fo.Sample(filepath=p, tags=["generated"]) for p in paths])
+    results = gmv.update_values(ds, "col", ds.match_tags("generated"), progress=False)
+    assert results.num_generated == 35
+    store = gmvstore.RunStore(ds, "col")
+    dims = {p: store.load_array(store.manifest()["stages"][p]["files"]["emb"]).shape[1]
+            for p in ("embed_train", "embed_generated")}
+    assert dims == {"embed_train": 1024, "embed_generated": 1024}

@@ -196,10 +196,12 @@ def test_form_defaults_weights_notes_and_live_key_validation(valued):
     props = form("compute_values", valued)
     defaults = {n: props[n].get("default") for n in
                 ("train_by", "train_tag", "generated_tag", "key", "encoder", "index", "rerank",
-                 "quality", "k", "temperature")}
+                 "quality", "k", "auto_temperature")}
     assert defaults == {"train_by": "tag", "train_tag": "train", "generated_tag": "generated",
                         "key": "gmv_2", "encoder": "pixels", "index": "auto", "rerank": "l2",
-                        "quality": "realism", "k": 50, "temperature": 1.0}
+                        "quality": "realism", "k": 50, "auto_temperature": True}
+    assert "temperature" not in props  # "auto" by default (benchmarks/truth.py); unticked: 1.0
+    assert form("compute_values", valued, {"auto_temperature": False})["temperature"]["default"] == 1.0
     assert "fiftyone delegated launch" in props["background_note"]["view"]["description"]
     assert "150 samples" in props["train_count"]["view"]["label"]
     assert "Auto picks 'flat'" in props["index_auto"]["view"]["label"]

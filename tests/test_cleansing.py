@@ -1,0 +1,281 @@
+"""Cleansing scores, copy flags and digit attributes: hand cases, real MNIST
+digits, and the pipeline's fields."""
+
+import numpy as np
+import pytest
+
+from conftest import load_mnist, write_pngs
+from gmv_plugin import attributes as gmva
+from gmv_plugin import cleansing as gmvcl
+from gmv_plugin import copies as gmvc
+from gmv_plugin.demo import corruptions as C
+from gmv_plugin.evaluation import _auc, identical_labels
+
+
+# ----------------------------------------------------------------- hand cases
+
+
+def test_cleansing_score_is_value_order_discounted_by_implausibility():
+    values = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    plain = gmvcl.cleansing_scores(values)
+    assert np.all(np.diff(plain) > 0) and np.all(plain <= 0)
+    np.testing.assert_allclose(plain, np.log((np.arange(5) + 0.5) / 5))
+    # the most valuable image, but implausible: it goes first
+    score = gmvcl.cleansing_scores(values, np.array([0.5, 0.5, 0.5, 0.5, 9.0]))
+    assert np.argmin(score) == 4
+    np.testing.assert_allclose(score[:4], plain[:4])  # within the margin: the value alone
+    assert score[4] == pytest.approx(plain[4] - 4 * 8.5)
+    assert gmvcl.cleansing_scores(values, np.full(5, 2.0), margin=1.0, weight=1.0)[0] == pytest.approx(plain[0] - 1)
+    # ties share a percentile
+    tied = gmvcl.cleansing_scores(np.array([0.0, 0.0, 1.0]))
+    assert tied[0] == tied[1] < tied[2]
+    with pytest.raises(ValueError, match="shape"):
+        gmvcl.cleansing_scores(values, np.zeros(3))
+
+
+def test_implausibility_robust_to_outliers():
+    rng = np.random.default_rng(0)
+    stats = rng.normal(size=(200, 4))
+    stats[:5, 2] += 40  # five outliers in one statistic
+    a = gmvcl.implausibility(stats)
+    assert set(np.argsort(a)[-5:]) == set(range(5))
+    assert np.median(a[5:]) < 1.0
+    # a statistic constant on typical images still counts
+    const = np.zeros((100, 2))
+    const[0, 0] = 0.05
+    assert gmvcl.implausibility(const)[0] > 100 and gmvcl.implausibility(const)[1:].max() == 0
+
+
+def _shape(h=28, w=28):
+    img = np.zeros((h, w), np.uint8)
+    img[6:22, 12:15] = 255  # a bar
+    img[6:9, 12:20] = 255  # with a flag: not mirror-symmetric
+    return img
+
+
+def test_copy_descriptor_invariances():
+    base = _shape()
+    d = gmvc.copy_descriptor(base)
+    assert d.shape == (256,) and np.linalg.norm(d) == pytest.approx(1.0, abs=1e-5)
+    shifted = np.roll(np.roll(base, 3, axis=0), -2, axis=1)
+    darker = (base * 0.6).astype(np.uint8)
+    as_float = base / 255.0
+    for other in (shifted, darker, as_float):
+        assert np.linalg.norm(gmvc.copy_descriptor(other) - d) < 0.05
+    mirrored = base[:, ::-1]
+    assert np.linalg.norm(gmvc.copy_descriptor(mirrored) - d) > 0.3
+    np.testing.assert_allclose(gmvc.copy_descriptors([mirrored], flip=True)[0], d, atol=1e-5)
+    assert not gmvc.copy_descriptor(np.zeros((28, 28), np.uint8)).any()
+
+
+def test_copy_scores_and_flags_hand_case():
+    rng = np.random.default_rng(1)
+    train = rng.normal(size=(50, 8)).astype(np.float32)
+    gen = np.concatenate([train[[3, 3, 7]] + 0.001, rng.normal(size=(5, 8)).astype(np.float32)])
+    out = gmvc.copy_scores(gen, None, train)
+    assert (out["copy_score"][:3] > 0.9).all() and (out["copy_score"][3:] < 0.45).all()
+    assert out["nearest"][:3].tolist() == [3, 3, 7]
+    is_copy, copied_by = gmvc.copy_flags(out["copy_score"], out["nearest"], 50)
+    assert is_copy.tolist() == [True] * 3 + [False] * 5
+    assert copied_by[3] == 2 and copied_by[7] == 1 and copied_by.sum() == 3
+    with pytest.raises(ValueError, match="at least 3"):
+        gmvc.copy_scores(gen, None, train[:2])
+
+
+def test_copies_of_duplicated_training_images_are_still_copies():
+    rng = np.random.default_rng(2)
+    train = rng.normal(size=(40, 8)).astype(np.float32)
+    train[10] = train[11] = train[12]  # one image three times in the training set
+    gen = np.stack([train[12] + 0.01, train[12], train[30] + 0.01])
+    out = gmvc.copy_scores(gen, None, train)
+    assert (out["copy_score"] > 0.9).all()
+    assert out["nearest"][2] == 30 and out["nearest"][0] in (10, 11, 12)
+
+
+def test_digit_attributes_hand_cases():
+    bar = np.zeros((1, 28, 28))
+    bar[0, 5:20, 10:13] = 1.0  # 3 wide, 15 tall
+    a = gmva.digit_attributes(bar)
+    assert a["width"][0] == 3 and a["thickness"][0] == pytest.approx(2 * 45 / 36)
+    assert a["slant"][0] == pytest.approx(0, abs=1e-9) and a["ink"][0] == pytest.approx(45 / 784)
+    lean = np.zeros((1, 28, 28))
+    for r in range(5, 20):  # top to the right
+        c = 8 + (20 - r) // 2
+        lean[0, r, c : c + 3] = 1.0
+    assert gmva.digit_attributes(lean)["slant"][0] > 0.3
+    thick = np.zeros((1, 28, 28))
+    thick[0, 5:20, 10:16] = 1.0
+    assert gmva.digit_attributes(thick)["thickness"][0] > a["thickness"][0] + 1
+    edges = gmva.bin_edges(np.arange(9.0))
+    assert gmva.bin_attributes({"x": np.array([0.0, 4.0, 8.0])}, {"x": edges})["x"].tolist() == ["low", "mid", "high"]
+
+
+def test_identical_labels_hand_case():
+    gen = np.array(["a", "b"])
+    train = np.array(["a", "a", "b", "c"])
+    contributors = np.array([[0, 2, 1], [2, 3, 0]])
+    assert identical_labels(gen, train, contributors, [1, 3]) == {1: 1.0, 3: pytest.approx((2 / 3 + 1 / 3) / 2)}
+    with pytest.raises(ValueError, match="exceeds"):
+        identical_labels(gen, train, contributors, [4])
+
+
+# ----------------------------------------------------------------- real MNIST
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_mnist(1000)
+
+
+def test_implausibility_finds_corrupted_mnist_digits(mnist):
+    images, _ = mnist
+    clean = images[:600]
+    rng = np.random.default_rng(0)
+    bad = {name: fn(images[600 + 20 * i : 620 + 20 * i], rng) for i, (name, fn) in enumerate(C.CORRUPTIONS.items())}
+    stack = np.concatenate([clean] + list(bad.values()))
+    a = gmvcl.implausibility(gmvcl.image_statistics(stack))
+    start = len(clean)
+    for name, imgs in bad.items():
+        pos = np.r_[np.zeros(len(clean), bool), np.zeros(len(stack) - len(clean), bool)]
+        pos[start : start + len(imgs)] = True
+        sel = pos.copy()
+        sel[: len(clean)] = True
+        assert _auc(pos[sel], a[sel]) > 0.95, name
+        start += len(imgs)
+
+
+def test_copies_of_mnist_digits_are_flagged_and_others_not(mnist):
+    images, _ = mnist
+    train, novel = images[:800], images[800:900]
+    rng = np.random.default_rng(3)
+    sources = np.arange(10, 70, 10)
+    copies = np.concatenate([fn(train[[s]], rng) for s, fn in zip(sources, C.COPY_KINDS.values())])
+    gen = np.concatenate([novel, copies])
+    out = gmvcl.truth_columns(np.ones(len(train)), train_images=train, gen_images=gen)
+    flags = out["generated"]["is_copy"]
+    assert flags[len(novel):].all()
+    assert out["generated"]["copy_of"][len(novel):].tolist() == sources.tolist()
+    assert flags[: len(novel)].sum() <= 1
+    assert out["train"]["copied_by"][sources].tolist() == [1] * 6
+
+
+def test_truth_columns_from_paths_equal_arrays(mnist, tmp_path):
+    images, _ = mnist
+    train, gen = images[:120], images[120:150]
+    values = np.random.default_rng(0).random(len(train))
+    train_paths = write_pngs(train, tmp_path, "t")
+    gen_paths = write_pngs(gen, tmp_path, "g")
+    a = gmvcl.truth_columns(values, train_paths=train_paths, gen_paths=gen_paths)
+    b = gmvcl.truth_columns(values, train_images=train, gen_images=gen)
+    np.testing.assert_array_equal(a["train"]["cleansing"], b["train"]["cleansing"])
+    np.testing.assert_array_equal(a["generated"]["copy_score"], b["generated"]["copy_score"])
+    # without images: the value alone, and copies from embeddings
+    c = gmvcl.truth_columns(values, train_emb=train.reshape(120, -1) / 255.0, gen_emb=train[:5].reshape(5, -1) / 255.0)
+    np.testing.assert_array_equal(c["train"]["cleansing"], gmvcl.cleansing_scores(values))
+    assert c["generated"]["is_copy"].all() and c["train"]["implausibility"] is None
+
+
+# ----------------------------------------------------------------- pipeline
+
+
+def test_pipeline_writes_cleansing_and_copy_fields(mnist, tmp_path):
+    import fiftyone as fo
+    import gmv_plugin as gmv
+
+    images, labels = mnist
+    train, novel = images[:600], images[800:830]  # a sparse training set makes look-alikes copy-like
+    copies = np.stack([train[5], train[40][:, ::-1]])
+    blurred = C.blur(images[900:902], np.random.default_rng(0))
+    train_imgs = np.concatenate([train, blurred])
+    gen_imgs = np.concatenate([novel, copies])
+    ds = fo.Dataset()
+    try:
+        ds.add_samples([fo.Sample(filepath=p, tags=["train"]) for p in write_pngs(train_imgs, tmp_path, "t")])
+        ds.add_samples([fo.Sample(filepath=p, tags=["generated"]) for p in write_pngs(gen_imgs, tmp_path, "g")])
+        tv, gv = ds.match_tags("train"), ds.match_tags("generated")
+        results = gmv.compute_values(tv, gv, key="gmv", model="pixels", rerank="l2", k=10, progress=False)
+        assert results.config.temperature == "auto"
+
+        for name, ftype in (("gmv_cleansing", fo.FloatField), ("gmv_copied_by", fo.IntField),
+                            ("gmv_copy_score", fo.FloatField), ("gmv_is_copy", fo.BooleanField)):
+            assert isinstance(ds.get_field(name), ftype), name
+        values, cleansing, copied_by, paths = tv.values(["gmv_value", "gmv_cleansing", "gmv_copied_by", "filepath"])
+        score, is_copy, gen_paths = gv.values(["gmv_copy_score", "gmv_is_copy", "filepath"])
+        expected = gmvcl.truth_columns(np.array(values), train_paths=paths, gen_paths=gen_paths)
+        np.testing.assert_allclose(cleansing, expected["train"]["cleansing"])
+        np.testing.assert_allclose(score, expected["generated"]["copy_score"])
+        assert is_copy == [False] * 30 + [True, True]
+        assert copied_by[5] == 1 and copied_by[40] == 1 and sum(copied_by) == 2
+        # the blurred training digits go first, whatever their value
+        assert set(np.argsort(cleansing)[:2]) == {600, 601}
+        assert gv.match(fo.ViewField("gmv_is_copy")).count() == 2
+
+        from gmv_plugin import evaluation as ev
+
+        ds.set_values("blurry", [p in paths[600:] for p in ds.values("filepath")])
+        by_cleansing = ev.cleansing(ds, "gmv", "blurry", score="cleansing")
+        assert by_cleansing["auc"] == 1.0 and by_cleansing["score"] == "cleansing"
+        assert ev.cleansing(ds, "gmv", "blurry")["auc"] < 1.0  # blur looks like nothing wrong to the value
+        with pytest.raises(ValueError, match="score must be one of"):
+            ev.cleansing(ds, "gmv", "blurry", score="hits")
+
+        from gmv_plugin.report import build_report, report_markdown
+
+        report = build_report(ds, "gmv", n=2, data_url=False)
+        assert {r["filepath"] for r in report["remove_first"]} == {paths[600], paths[601]}
+        assert report["possible_copies"]["count"] == 2
+        assert {r["filepath"] for r in report["possible_copies"]["rows"]} == set(gen_paths[30:])
+        md = report_markdown(report)
+        assert "Possible copies**: 2 generated samples flagged" in md and "Remove first" in md
+    finally:
+        ds.delete()
+
+
+def test_pipeline_without_image_files_uses_the_value_alone(mnist, tmp_path):
+    import os
+
+    import fiftyone as fo
+    import gmv_plugin as gmv
+
+    images, _ = mnist
+    train, gen = images[:300], np.concatenate([images[300:320], images[[7]]])
+    ds = fo.Dataset()
+    try:
+        ds.add_samples([fo.Sample(filepath=p, tags=["train"]) for p in write_pngs(train, tmp_path, "t")])
+        ds.add_samples([fo.Sample(filepath=p, tags=["generated"]) for p in write_pngs(gen, tmp_path, "g")])
+        emb = gmv.PixelEmbedder(size=28, mode="L")
+        ids, paths = ds.values(["id", "filepath"])
+        from PIL import Image
+
+        ds.set_values("emb", dict(zip(ids, [emb.embed(np.asarray(Image.open(p))) for p in paths])), key_field="id")
+        for p in ds.match_tags("train").values("filepath")[:3]:
+            os.remove(p)  # some training files are gone: the pixels can't be read
+        tv, gv = ds.match_tags("train"), ds.match_tags("generated")
+        gmv.compute_values(tv, gv, key="e", model=None, embeddings_field="emb", k=5, progress=False)
+        values, cleansing = tv.values(["e_value", "e_cleansing"])
+        np.testing.assert_allclose(cleansing, gmvcl.cleansing_scores(np.array(values)))
+        is_copy, score = gv.values(["e_is_copy", "e_copy_score"])
+        assert is_copy[-1] and not any(is_copy[:-1])  # the exact copy, found on embeddings
+        from gmv_plugin.store import RunStore
+
+        assert RunStore(ds, "e").manifest()["stages"]["values"]["truth"]["source"] == "embeddings"
+        with_images = gmvcl.truth_columns(np.array(values[3:]), train_images=train[3:])["train"]["cleansing"]
+        assert not np.allclose(with_images, gmvcl.cleansing_scores(np.array(values[3:])))  # images would change it
+    finally:
+        ds.delete()
+
+
+def test_digit_attribute_fields_give_c2(digits_dataset):
+    import gmv_plugin as gmv
+    from gmv_plugin import evaluation as ev
+
+    ds = digits_dataset
+    train, gen = ds.match_tags("train"), ds.match_tags("generated")
+    gmv.compute_values(train, gen, key="gmv", model="pixels", k=10, progress=False)
+    fields = ev.digit_attribute_fields(ds, train)
+    assert fields == ["digit_thickness", "digit_slant", "digit_width", "digit_ink"]
+    counts = train.count_values("digit_slant")
+    assert set(counts) == {"low", "mid", "high"} and min(counts.values()) >= 80  # terciles of 270
+    c2 = ev.identical_attributes(ds, "gmv", fields, ks=(5, 10))["identical_attributes"]
+    # real digits: neighbours in pixel space share slant and width far above chance (1/3)
+    assert c2["digit_slant"][5] > 0.45 and c2["digit_width"][5] > 0.45
