@@ -289,7 +289,8 @@ def _embed(valuation, view, path, progress):
                                   progress=progress)
     model = None
     if valuation._model is not None and not (valuation.config.embeddings_field and valuation._field_complete()):
-        model = gmve.resolve_model(valuation._model)
+        resolve = getattr(valuation, "_resolved_model", None)  # follows the training side's mode
+        model = resolve() if resolve is not None else gmve.resolve_model(valuation._model)
     return gmve.embed_to_file(view, path, model=model, embeddings_field=valuation.config.embeddings_field,
                               batch_size=valuation.config.batch_size, progress=progress)
 
