@@ -26,6 +26,11 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.overhead import bare  # noqa: E402  (the same bare reference)
+
 CACHE = ROOT / "benchmarks" / ".cache" / "shards"
 CONFIG = dict(index="flat", k=50, rerank="none", quality="none", temperature=1.0)
 
@@ -67,29 +72,6 @@ def build_dataset(n_train, n_gen):
     ds = fo.Dataset(name, persistent=True)
     ds.add_samples(samples, progress=False)
     return ds
-
-
-def bare(ds, k):
-    """numpy + FAISS on the same images: read, embed, exact search, Eq. 4 + bincount."""
-    import faiss
-    import numpy as np
-    from PIL import Image
-
-    def embed(paths):
-        x = np.stack([np.asarray(Image.open(p).convert("L").resize((32, 32), Image.BILINEAR),
-                                 dtype=np.float32).ravel() for p in paths]) / 255.0
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-    start = time.perf_counter()
-    tr = embed(ds.match_tags("train").values("filepath"))
-    ge = embed(ds.match_tags("generated").values("filepath"))
-    index = faiss.IndexFlatL2(tr.shape[1])
-    index.add(tr)
-    d, idx = index.search(ge, k)
-    w = np.exp(-np.sqrt(np.maximum(d, 0)))
-    w /= w.sum(axis=1, keepdims=True)
-    np.bincount(idx.ravel(), weights=w.ravel(), minlength=len(tr))
-    return time.perf_counter() - start
 
 
 def fingerprint(ds, key):
