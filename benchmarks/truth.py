@@ -23,6 +23,8 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from benchmarks.run import _jsonable  # noqa: E402  (imports no FiftyOne)
+
 SEED = 0
 K = 100
 HELD_OUT = 0.1
@@ -604,18 +606,6 @@ def _machine():
     except OSError:
         pass
     return info
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def main(argv=None):
