@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 
@@ -326,17 +327,19 @@ def commit(dataset, key, lock, manifest, config, results, staging=None, fields=N
 def delete(dataset, key, lock):
     """Deletes run ``key`` with its fields, indexes and files, atomically."""
     lock.check()
-    write_json(journal_path(dataset, key), {"action": "delete", "key": key})
+    journal = {"action": "delete", "key": key}
+    write_json(journal_path(dataset, key), journal)
     crashpoint("delete.journaled")
-    _apply(dataset, read_json(journal_path(dataset, key)))
+    _apply(dataset, journal)
 
 
 def rename(dataset, key, new_key, lock):
     """Renames run ``key`` to ``new_key`` with its fields, indexes and files."""
     lock.check()
-    write_json(journal_path(dataset, key), {"action": "rename", "key": key, "new_key": new_key})
+    journal = {"action": "rename", "key": key, "new_key": new_key}
+    write_json(journal_path(dataset, key), journal)
     crashpoint("rename.journaled")
-    _apply(dataset, read_json(journal_path(dataset, key)))
+    _apply(dataset, journal)
 
 
 def _apply(dataset, journal):
@@ -411,14 +414,21 @@ def remove_run_files(dataset, key):
         if fields:
             dataset.delete_sample_fields(fields)
     shutil.rmtree(gmvruns.run_dir(dataset, key), ignore_errors=True)
-    for name in _db().list_collection_names(filter={"name": {"$regex": "^" + _re(staging_prefix(dataset, key))}}):
+    drop_staging(staging_prefix(dataset, key))
+
+
+def staging_collections(prefix):
+    """The names of the staging collections whose names start with ``prefix``."""
+    return _db().list_collection_names(filter={"name": {"$regex": "^" + re.escape(prefix)}})
+
+
+def drop_staging(prefix):
+    """Drops the staging collections whose names start with ``prefix``;
+    returns their names."""
+    names = staging_collections(prefix)
+    for name in names:
         _db().drop_collection(name)
-
-
-def _re(s):
-    import re
-
-    return re.escape(s)
+    return names
 
 
 def _apply_rename(dataset, key, new_key):
@@ -467,10 +477,7 @@ def recover(dataset, key):
         _apply(dataset, journal)
         return
     store = RunStore(dataset, key)
-    prefix = staging_prefix(dataset, key)
-    leftovers = [n for n in _db().list_collection_names(filter={"name": {"$regex": "^" + _re(prefix)}})]
-    for name in leftovers:
-        _db().drop_collection(name)
+    leftovers = drop_staging(staging_prefix(dataset, key))
     removed = store.collect_garbage()
     tmp = [n for n in removed if n.endswith(".tmp")]
     if leftovers or tmp:
@@ -523,8 +530,7 @@ def cleanup_runs(dry_run=False):
             removed.append(path)
             if not dry_run:
                 shutil.rmtree(path, ignore_errors=True)
-                for name in _db().list_collection_names(filter={"name": {"$regex": "^" + _re(STAGING_PREFIX + ds_id + ".")}}):
-                    _db().drop_collection(name)
+                drop_staging(STAGING_PREFIX + ds_id + ".")
             continue
         dataset = None
         for key in os.listdir(path):

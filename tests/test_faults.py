@@ -119,8 +119,7 @@ def leftovers(ds, key):
     files = []
     if os.path.isdir(store.dir):
         files = sorted(set(os.listdir(store.dir)) - store.referenced(store.manifest()))
-    db = gmvstore._db()
-    staging = db.list_collection_names(filter={"name": {"$regex": "^" + gmvstore._re(gmvstore.staging_prefix(ds, key))}})
+    staging = gmvstore.staging_collections(gmvstore.staging_prefix(ds, key))
     return files + staging + ([gmvstore.journal_path(ds, key)] if os.path.exists(gmvstore.journal_path(ds, key)) else [])
 
 
