@@ -60,15 +60,71 @@ ANOMALY_WEIGHT = 4.0
 MAX_BLOCK = 15
 
 
-def _largest_block(ok_for_size, n):
-    """Largest k (1..MAX_BLOCK) for which ``ok_for_size(k)`` holds somewhere, per image."""
-    best = np.ones(n)
-    for k in range(2, MAX_BLOCK + 1):
-        has = ok_for_size(k).any(axis=(1, 2))
-        best[has] = k
-        if not has.any():
-            break
-    return best
+LEVELS = np.arange(256) / 255.0  # the float value of each 8-bit level, as images are read
+
+
+def _largest_blocks(q, flat_level, bright_level):
+    """Side of the largest flat bright square and of the largest bright square
+    (1..MAX_BLOCK) per uint8 image: for each side ``k``, whether some pixel's
+    ``k x k`` window (scipy.ndimage's filter windows, borders reflected) has
+    all levels within 2 of each other and at least ``flat_level``, or all at
+    least ``bright_level``. Window minima and maxima of side ``k`` are those of
+    four windows of side ``k - 1``; an image stops at its first side without
+    such a window (a window's sub-windows qualify too)."""
+    n, h, w = q.shape
+    pad = MAX_BLOCK // 2
+    qp = np.pad(q, ((0, 0), (pad, pad), (pad, pad)), mode="symmetric")
+    out = []
+    for level, flat in ((flat_level, True), (bright_level, False)):
+        best = np.ones(n)
+        rows = np.arange(n)
+        lv = np.asarray(level, dtype=np.int16)[:, None, None]
+        mn = mx = qp
+        for k in range(2, MAX_BLOCK + 1):
+            mn = np.minimum(np.minimum(mn[:, :-1, :-1], mn[:, 1:, 1:]), np.minimum(mn[:, :-1, 1:], mn[:, 1:, :-1]))
+            o = pad - k // 2  # the window of pixel (i, j) starts at (i - k // 2, j - k // 2)
+            ok = mn[:, o : o + h, o : o + w] >= lv
+            if flat:
+                mx = np.maximum(np.maximum(mx[:, :-1, :-1], mx[:, 1:, 1:]), np.maximum(mx[:, :-1, 1:], mx[:, 1:, :-1]))
+                ok &= mx[:, o : o + h, o : o + w] - mn[:, o : o + h, o : o + w] <= 2
+            has = ok.any(axis=(1, 2))
+            if not has.any():
+                break
+            rows, lv, mn = rows[has], lv[has], mn[has]
+            if flat:
+                mx = mx[has]
+            best[rows] = k
+        out.append(best)
+    return out
+
+
+def _largest_blocks_small(x, lo3, rng3):
+    """:func:`_largest_blocks` with scipy.ndimage's filters, for images too
+    small for its padding."""
+
+    def largest(ok_for_size):
+        best = np.ones(len(x))
+        for k in range(2, MAX_BLOCK + 1):
+            has = ok_for_size(k).any(axis=(1, 2))
+            best[has] = k
+            if not has.any():
+                break
+        return best
+
+    def flat_ok(k):
+        mx = ndimage.maximum_filter(x, size=(1, k, k))
+        mn = ndimage.minimum_filter(x, size=(1, k, k))
+        return ((mx - mn) < 2.5 / 255) & (mn > lo3 + 0.3 * rng3)
+
+    def bright_ok(k):
+        return ndimage.minimum_filter(x, size=(1, k, k)) > lo3 + 0.5 * rng3
+
+    return largest(flat_ok), largest(bright_ok)
+
+
+def _level_above(threshold):
+    """The lowest 8-bit level whose value exceeds ``threshold``, per image."""
+    return np.searchsorted(LEVELS, threshold, side="right")
 
 
 def _statistics_same_size(x):
@@ -109,16 +165,12 @@ def _statistics_same_size(x):
     out["levels"] = present.sum(axis=1) / 256.0
     out["ink"] = (z > 0.5).mean(axis=(1, 2))
 
-    def flat_ok(k):
-        mx = ndimage.maximum_filter(x, size=(1, k, k))
-        mn = ndimage.minimum_filter(x, size=(1, k, k))
-        return ((mx - mn) < 2.5 / 255) & (mn > lo3 + 0.3 * rng3)
-
-    def bright_ok(k):
-        return ndimage.minimum_filter(x, size=(1, k, k)) > lo3 + 0.5 * rng3
-
-    out["flat_block"] = _largest_block(flat_ok, n)
-    out["bright_block"] = _largest_block(bright_ok, n)
+    if min(h, w) > MAX_BLOCK // 2:
+        out["flat_block"], out["bright_block"] = _largest_blocks(
+            q.reshape(n, h, w).astype(np.uint8), _level_above(lo + 0.3 * rng), _level_above(lo + 0.5 * rng)
+        )
+    else:
+        out["flat_block"], out["bright_block"] = _largest_blocks_small(x, lo3, rng3)
     return np.stack([out[s] for s in STATISTICS], axis=1)
 
 

@@ -279,3 +279,28 @@ def test_digit_attribute_fields_give_c2(digits_dataset):
     c2 = ev.identical_attributes(ds, "gmv", fields, ks=(5, 10))["identical_attributes"]
     # real digits: neighbours in pixel space share slant and width far above chance (1/3)
     assert c2["digit_slant"][5] > 0.45 and c2["digit_width"][5] > 0.45
+
+
+def test_block_sizes_equal_scipy_filters(mnist):
+    """The square-block statistics from window recurrences equal scipy.ndimage's
+    min/max filters (reflected borders), on digits, noise, plateaus and stripes."""
+    images, _ = mnist
+    rng = np.random.default_rng(5)
+    stacks = [images[:300]]
+    for h, w in ((8, 8), (9, 13), (28, 28), (33, 64)):
+        kinds = [rng.integers(0, 256, (40, h, w)), np.clip(rng.normal(128, 2, (40, h, w)), 0, 255),
+                 rng.integers(0, 4, (40, h, w)) * 60 + rng.integers(0, 3, (40, h, w))]
+        box = np.zeros((40, h, w))
+        for b in box:
+            b[rng.integers(0, h):, rng.integers(0, w):] = 200
+        stacks += [k.astype(np.uint8) for k in kinds] + [box.astype(np.uint8)]
+    for q in stacks:
+        x = q.astype(np.float64) / 255.0
+        flat = x.reshape(len(x), -1)
+        lo = np.percentile(flat, 5, axis=1)
+        rng_ = np.maximum(np.percentile(flat, 99.5, axis=1) - lo, 1e-3)
+        fast = gmvcl._largest_blocks(q, gmvcl._level_above(lo + 0.3 * rng_), gmvcl._level_above(lo + 0.5 * rng_))
+        ref = gmvcl._largest_blocks_small(x, lo[:, None, None], rng_[:, None, None])
+        np.testing.assert_array_equal(fast[0], ref[0])
+        np.testing.assert_array_equal(fast[1], ref[1])
+    assert ref[0].max() > 1 and ref[1].max() > 1  # the cases reach past the smallest block
