@@ -128,10 +128,11 @@ def read_gray(paths, max_side=64):
     return out
 
 
-def nearest(queries, base, k=1, exclude_self=False):
+def nearest(queries, base, k=1, exclude_self=False, rows=None):
     """Exact Euclidean nearest neighbours of ``queries`` among ``base`` (FAISS flat).
 
-    With ``exclude_self`` (queries are ``base``), each row's own index is skipped.
+    With ``exclude_self``, each query's own row of ``base`` is skipped: query
+    ``i`` is row ``rows[i]`` (default: ``i``, i.e. the queries are ``base``).
 
     Returns:
         ``(distances (n, k) float32, indices (n, k) int64)``
@@ -144,7 +145,8 @@ def nearest(queries, base, k=1, exclude_self=False):
     d2, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), kk)
     d = np.sqrt(np.maximum(d2, 0))
     if exclude_self:
-        keep = idx != np.arange(len(queries))[:, None]
+        own = np.arange(len(queries)) if rows is None else np.asarray(rows)
+        keep = idx != own[:, None]
         # drop the self match (or the last column when a duplicate took its place)
         first = np.argmin(keep, axis=1)
         drop = np.where(keep.all(axis=1), kk - 1, first)
@@ -180,8 +182,8 @@ def copy_scores(gen_desc, gen_desc_flipped, train_desc):
         :data:`COPY_SCORE_FLOOR`), ``nearest`` (int64
         ``(m,)``: the closest training row), ``distance`` (float32 ``(m,)``:
         ``d1``), ``flipped`` (bool ``(m,)``: the mirrored image matched
-        closer) and ``train_nn`` (float32 ``(n,)``: each training image's own
-        nearest-neighbour distance ``r``)
+        closer) and ``train_nn`` (float32 ``(m,)``: ``r`` of the closest
+        training image)
     """
     if len(train_desc) < 3:
         raise ValueError("copy scores need at least 3 training images; got %d" % len(train_desc))
@@ -200,10 +202,13 @@ def copy_scores(gen_desc, gen_desc_flipped, train_desc):
     # d2 is the distance to the nearest training image that differs from it
     same = np.linalg.norm(train_desc[idx] - train_desc[j][:, None], axis=2) <= 1e-6
     d2 = _first_where(d, ~same)
-    td, _ = nearest(train_desc, train_desc, kk - 1, exclude_self=True)
-    tnn = _first_where(td, td > 1e-6)
+    # r only for the training images that are some generated image's nearest
+    # (a search of the whole training set against itself grows as N^2)
+    rows, inverse = np.unique(j, return_inverse=True)
+    td, _ = nearest(train_desc[rows], train_desc, kk - 1, exclude_self=True, rows=rows)
+    tnn = _first_where(td, td > 1e-6)[inverse.reshape(-1)]
     d1 = d[:, 0].astype(np.float64)
-    unit = np.minimum(tnn[j].astype(np.float64), d2.astype(np.float64))
+    unit = np.minimum(tnn.astype(np.float64), d2.astype(np.float64))
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(unit > 0, d1 / np.where(unit > 0, unit, 1.0), np.where(d1 > 0, np.inf, 0.0))
     return {
