@@ -278,6 +278,95 @@ def cleansing_scores(values, implausible=None, margin=ANOMALY_MARGIN, weight=ANO
     return score
 
 
+FEATURES_VERSION = 1  # bump when image_features' output changes: stored features are recomputed
+
+
+def image_features(images, stats=True):
+    """What the truth columns need of each image, computed once per image
+    (the pipeline stores it with the run): ``{"desc": copy descriptors
+    (float32 (N, 256)), "stats": image statistics (float64 (N, F), when
+    ``stats``; training images only need them)}``.
+
+    Args:
+        images: a ``(N, H, W)`` array or a list of ``(H, W)`` arrays, uint8
+            or float in [0, 1] (see :func:`image_statistics`)
+        stats (True): whether to compute the statistics too
+    """
+    out = {"desc": gmvc.copy_descriptors(images)}
+    if stats:
+        out["stats"] = image_statistics(images)
+    return out
+
+
+def _features_chunk(args):
+    """Worker: :func:`image_features` of image files, each read once;
+    ``(features, [(position, error), ...])``."""
+    from PIL import Image
+
+    paths, stats = args
+    images, failed = [], []
+    for i, p in enumerate(paths):
+        try:
+            with Image.open(p) as im:
+                images.append(gmvc.gray_array(im))
+        except (OSError, SyntaxError) as e:
+            failed.append((i, str(e)))
+            images.append(np.zeros((1, 1), np.uint8))
+    if failed:
+        return None, failed
+    return image_features(images, stats=stats), failed
+
+
+def read_features(paths, stats=True, workers=None, chunk_size=1024):
+    """:func:`image_features` of image files (grayscale, longer side at most
+    64 pixels, see :func:`gmv_plugin.copies.read_gray`), decoded in worker
+    processes (default :func:`gmv_plugin.embeddings.decode_workers`).
+
+    Raises:
+        ImageReadError: naming an image that cannot be read
+    """
+    from gmv_plugin import embeddings as gmve
+    from gmv_plugin.images import ImageReadError
+
+    paths = list(paths)
+    tasks = [(paths[s : s + chunk_size], stats) for s in range(0, len(paths), chunk_size)]
+    parts = []
+    for t, (feats, failed) in zip(tasks, gmve.map_chunks(_features_chunk, tasks, workers)):
+        if failed:
+            i, err = failed[0]
+            raise ImageReadError("Cannot read image %s: %s" % (t[0][i], err))
+        parts.append(feats)
+    return concat_features(parts, stats)
+
+
+def concat_features(parts, stats=True):
+    """The row-wise concatenation of :func:`image_features` outputs."""
+    out = {"desc": np.concatenate([p["desc"] for p in parts]) if parts else
+           np.zeros((0, gmvc.DESCRIPTOR_SIZE**2), np.float32)}
+    if stats:
+        out["stats"] = (np.concatenate([p["stats"] for p in parts]) if parts else
+                        np.zeros((0, len(STATISTICS))))
+    return out
+
+
+def file_keys(ids, paths):
+    """Per sample, a uint64 hash of its id, path, file size and mtime (as
+    :class:`gmv_plugin.pipeline.SampleSet` keys are), or None when a file is
+    missing: stored features of a key are those of that file's content."""
+    import hashlib
+    import os
+
+    keys = np.empty(len(paths), dtype=np.uint64)
+    for i, (sid, path) in enumerate(zip(ids, paths)):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        sig = "%s|%s|%d|%d" % (sid, path, st.st_size, st.st_mtime_ns)
+        keys[i] = int.from_bytes(hashlib.blake2b(sig.encode(), digest_size=8).digest(), "little")
+    return keys
+
+
 def truth_columns(
     values,
     train_paths=None,
@@ -312,29 +401,52 @@ def truth_columns(
         margin (0.5), weight (4.0): see :func:`cleansing_scores`
 
     Returns:
+        see :func:`truth_from_features`
+    """
+    train = gen = None
+    if train_images is not None:
+        train = image_features(train_images)
+    elif train_paths is not None:
+        train = read_features(train_paths)
+    if gen_images is not None:
+        gen = image_features(gen_images, stats=False)
+    elif gen_paths is not None:
+        gen = read_features(gen_paths, stats=False)
+    return truth_from_features(values, train, gen, train_emb=train_emb, gen_emb=gen_emb,
+                               copy_threshold=copy_threshold, margin=margin, weight=weight)
+
+
+def truth_from_features(
+    values,
+    train=None,
+    gen=None,
+    train_emb=None,
+    gen_emb=None,
+    copy_threshold=gmvc.COPY_THRESHOLD,
+    margin=ANOMALY_MARGIN,
+    weight=ANOMALY_WEIGHT,
+):
+    """:func:`truth_columns` from :func:`image_features` of the training
+    images (``train``, with statistics) and of the generated ones (``gen``).
+
+    Returns:
         ``{"train": {"cleansing": float64 (n,), "copied_by": int64 (n,),
-        "implausibility": float64 (n,) or None}, "generated": {"copy_score":
-        float64 (m,), "is_copy": bool (m,), "copy_of": int64 (m,): the
-        closest training row}}``
+        "implausibility": float64 (n,) or None}, "generated": {"copy_score": float64 (m,),
+        "is_copy": bool (m,), "copy_of": int64 (m,): the closest training row}}``
     """
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
-    if train_images is None and train_paths is not None:
-        train_images = gmvc.read_gray(train_paths)
-    if gen_images is None and gen_paths is not None:
-        gen_images = gmvc.read_gray(gen_paths)
-    if train_images is not None and len(train_images) != n:
-        raise ValueError("%d training images for %d values" % (len(train_images), n))
+    if train is not None and len(train["desc"]) != n:
+        raise ValueError("%d training images for %d values" % (len(train["desc"]), n))
 
     implausible = None
-    if train_images is not None:
-        implausible = implausibility(image_statistics(train_images))
+    if train is not None:
+        implausible = implausibility(train["stats"])
     cleansing = cleansing_scores(values, implausible, margin=margin, weight=weight)
 
-    if train_images is not None and gen_images is not None:
-        train_desc = gmvc.copy_descriptors(train_images)
-        gen_desc = gmvc.copy_descriptors(gen_images)
-        gen_flip = gmvc.copy_descriptors(gen_images, flip=True)
+    if train is not None and gen is not None:
+        train_desc, gen_desc = train["desc"], gen["desc"]
+        gen_flip = gmvc.flip_descriptors(gen_desc)
     elif train_emb is not None and gen_emb is not None:
         train_desc = np.asarray(train_emb, dtype=np.float32)
         gen_desc, gen_flip = np.asarray(gen_emb, dtype=np.float32), None
@@ -344,7 +456,7 @@ def truth_columns(
         cs = gmvc.copy_scores(gen_desc, gen_flip, train_desc)
         copy_score, copy_of = cs["copy_score"], cs["nearest"]
     else:
-        m = len(gen_images) if gen_images is not None else (len(gen_emb) if gen_emb is not None else 0)
+        m = len(gen["desc"]) if gen is not None else (len(gen_emb) if gen_emb is not None else 0)
         copy_score, copy_of = np.full(m, -np.inf), np.full(m, -1, np.int64)
     is_copy, copied_by = gmvc.copy_flags(copy_score, np.maximum(copy_of, 0), n, copy_threshold)
     return {
