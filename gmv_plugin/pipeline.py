@@ -24,6 +24,7 @@ import fiftyone.core.utils as fou
 from gmv_plugin import arrays as gmvarrays
 from gmv_plugin import brain as gmvb
 from gmv_plugin import cleansing as gmvcl
+from gmv_plugin import copies as gmvc
 from gmv_plugin import embeddings as gmve
 from gmv_plugin import index as gmvi
 from gmv_plugin import quality as gmvq
@@ -341,7 +342,10 @@ class SampleSet(object):
         return np.arange(len(self)) if self.alive is None else np.flatnonzero(self.alive)
 
 
-PARTS = ("embed_train", "embed_generated", "index", "recall", "rerank", "quality", "values")
+PARTS = ("embed_train", "embed_generated", "index", "recall", "rerank", "quality", "values",
+         "truth_train", "truth_generated")
+# per side: the truth columns' per-image features (gmv_plugin.cleansing.image_features)
+TRUTH_PARTS = {"train": "truth_train", "gen": "truth_generated"}
 
 
 def _parts(stage):
@@ -495,6 +499,8 @@ class Valuation(object):
         base = fp["rerank"] if c.quality["name"] == "realism" else fp["embed_generated"]
         fp["quality"] = _digest([base, c.quality])
         fp["values"] = _digest([fp["rerank"], fp["quality"], c.temperature])
+        for what, part in TRUTH_PARTS.items():
+            fp[part] = _digest(["truth", gmvcl.FEATURES_VERSION, getattr(self, what).digest])
         return fp
 
     def entry(self, part):
@@ -613,6 +619,7 @@ class Valuation(object):
                 side = SampleSet.read(view, what, self._needs_images())
                 setattr(self, what, side)
             start = time.perf_counter()
+            truth = {"stats": what == "train"}  # the pixel embedder's workers compute them too
             if brain_key is not None and what == "train":
                 files, ids = {}, side.ids  # the training vectors live in the Brain index
             else:
@@ -625,7 +632,7 @@ class Valuation(object):
                     ids, emb = gmve.embed_to_file(
                         view, tmp, model=model, embeddings_field=self.config.embeddings_field,
                         batch_size=self.config.batch_size, progress=progress,
-                        ids=side.ids.tolist(), paths=side.paths.tolist(),
+                        ids=side.ids.tolist(), paths=side.paths.tolist(), truth=truth,
                     )
                 if list(ids) != side.ids.tolist():
                     raise RuntimeError("The %s samples changed while they were embedded; try again" % what)
@@ -636,6 +643,8 @@ class Valuation(object):
                 files[label] = self.store.save_array("%s_%s" % (part, label), arr)
             self._put(part, time.perf_counter() - start, files, count=len(ids),
                       side_digest=side.digest, emb=self._emb_digest())
+            if "features" in truth and self._needs_images():  # side.keys know the files' sizes and mtimes
+                self._put_truth(what, side.keys, truth["features"], 0.0)
 
     def _resolved_model(self):
         """The encoder; a pixel embedder in ``"auto"`` mode follows the mode
@@ -746,20 +755,72 @@ class Valuation(object):
 
     def _truth_columns(self, values):
         """Cleansing scores and copy flags (:func:`gmv_plugin.cleansing.truth_columns`)
-        of the alive samples, from their images; from the embeddings when some
-        image files are gone. Returns ``(columns, "images" | "embeddings")``."""
+        of the alive samples, from their images' features (stored with the
+        run, computed for the images not seen before); from the embeddings
+        when some image files are gone. Returns ``(columns, "images" | "embeddings")``."""
         train_rows, gen_rows = self.train.alive_rows(), self.gen.alive_rows()
-        train_paths, gen_paths = self.train.paths[train_rows], self.gen.paths[gen_rows]
-        if all(os.path.isfile(p) for p in train_paths) and all(os.path.isfile(p) for p in gen_paths):
+        train_keys = self._file_keys(self.train, train_rows)
+        gen_keys = self._file_keys(self.gen, gen_rows) if train_keys is not None else None
+        if gen_keys is not None:
             try:
-                return gmvcl.truth_columns(
-                    values[train_rows], train_paths=train_paths.tolist(), gen_paths=gen_paths.tolist()
-                ), "images"
+                train = self._truth_features("train", self.train.paths[train_rows], train_keys)
+                gen = self._truth_features("gen", self.gen.paths[gen_rows], gen_keys)
+                return gmvcl.truth_from_features(values[train_rows], train, gen), "images"
             except ImageReadError as e:
                 logger.warning("Run %r: cleansing and copy flags from embeddings: %s", self.key, e)
         train_emb = np.asarray(self._array("embed_train", "emb")[train_rows])
         gen_emb = np.asarray(self._array("embed_generated", "emb")[gen_rows])
         return gmvcl.truth_columns(values[train_rows], train_emb=train_emb, gen_emb=gen_emb), "embeddings"
+
+    def _file_keys(self, side, rows):
+        """Keys of ``side``'s ``rows`` that change with their files (None when
+        a file is missing): the side's own keys when they were read with the
+        files' sizes and mtimes."""
+        if self._needs_images():
+            return side.keys[rows]
+        return gmvcl.file_keys(side.ids[rows], side.paths[rows])
+
+    def _truth_features(self, what, paths, keys):
+        """:func:`gmv_plugin.cleansing.image_features` of ``paths`` (``keys``:
+        :meth:`_file_keys`): stored rows of the same keys are reused, the
+        others read; a changed set of rows is stored as a new entry."""
+        part, stats = TRUTH_PARTS[what], what == "train"
+        best = None
+        for entry in self._entries(part):
+            if entry.get("version") != gmvcl.FEATURES_VERSION:
+                continue
+            stored = self.store.load_array(entry["files"]["keys"], mmap=False)
+            order = np.argsort(stored, kind="stable")
+            pos = order[np.minimum(np.searchsorted(stored, keys, sorter=order), max(len(stored) - 1, 0))]
+            hit = stored[pos] == keys if len(stored) else np.zeros(len(keys), bool)
+            if best is None or hit.sum() > best[2].sum():
+                best = (entry, pos, hit, len(stored))
+        start = time.perf_counter()
+        feats = {"desc": np.empty((len(keys), gmvc.DESCRIPTOR_SIZE**2), np.float32)}
+        if stats:
+            feats["stats"] = np.empty((len(keys), len(gmvcl.STATISTICS)))
+        hit = np.zeros(len(keys), bool)
+        if best is not None:
+            entry, pos, hit, n_stored = best
+            for name, arr in feats.items():
+                arr[hit] = self.store.load_array(entry["files"][name])[pos[hit]]
+            if hit.all() and n_stored == len(keys) and (pos == np.arange(len(keys))).all() and \
+                    entry.get("fingerprint") == self._fingerprints()[part]:
+                return feats  # the stored entry as it is
+        if not hit.all():
+            new = gmvcl.read_features(paths[~hit], stats=stats)
+            for name, arr in feats.items():
+                arr[~hit] = new[name]
+        self._put_truth(what, keys, feats, time.perf_counter() - start)
+        return feats
+
+    def _put_truth(self, what, keys, feats, seconds):
+        part = TRUTH_PARTS[what]
+        files = {"keys": self.store.save_array(part + "_keys", np.asarray(keys, dtype=np.uint64))}
+        for name in ("desc", "stats"):
+            if name in feats:
+                files[name] = self.store.save_array("%s_%s" % (part, name), feats[name])
+        self._put(part, seconds, files, version=gmvcl.FEATURES_VERSION, count=len(keys))
 
     def _stage_fields(self, out, dists, idx, q, progress, truth):
         train_rows = self.train.alive_rows()

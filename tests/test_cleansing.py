@@ -265,6 +265,69 @@ def test_pipeline_without_image_files_uses_the_value_alone(mnist, tmp_path):
         ds.delete()
 
 
+def test_truth_features_are_stored_and_read_once_per_image(mnist, tmp_path, monkeypatch):
+    """The pixel embedder's workers compute the truth features of the images
+    they decode; later values stages reuse the stored ones and read only new
+    or edited images; the columns equal those from the files."""
+    import os
+
+    import fiftyone as fo
+    import gmv_plugin as gmv
+    from PIL import Image
+
+    from gmv_plugin.store import RunStore
+
+    images, _ = mnist
+    train, gen = images[:200], np.concatenate([images[300:325], images[[4]]])
+    reads = []
+    real = gmvcl.read_features
+    monkeypatch.setattr(gmvcl, "read_features", lambda paths, **kw: reads.append(list(paths)) or real(paths, **kw))
+    ds = fo.Dataset()
+    try:
+        ds.add_samples([fo.Sample(filepath=p, tags=["train"]) for p in write_pngs(train, tmp_path, "t")])
+        ds.add_samples([fo.Sample(filepath=p, tags=["generated"]) for p in write_pngs(gen, tmp_path, "g")])
+        tv, gv = ds.match_tags("train"), ds.match_tags("generated")
+        paths, gpaths = tv.values("filepath"), gv.values("filepath")
+
+        def check(key, generated):
+            values, cleansing, copied_by = tv.values(["%s_value" % key, "%s_cleansing" % key, "%s_copied_by" % key])
+            exp = gmvcl.truth_from_features(np.array(values), real(paths), real(generated.values("filepath"), stats=False))
+            np.testing.assert_array_equal(cleansing, exp["train"]["cleansing"])
+            np.testing.assert_array_equal(copied_by, exp["train"]["copied_by"])
+            np.testing.assert_array_equal(generated.values("%s_copy_score" % key), exp["generated"]["copy_score"])
+            return RunStore(ds, key).manifest()["stages"]
+
+        gmv.compute_values(tv, gv.limit(20), key="gmv", model="pixels", k=5, progress=False)
+        stages = check("gmv", gv.limit(20))
+        assert reads == []  # computed by the embedding workers
+        assert stages["truth_train"]["count"] == 200 and stages["truth_generated"]["count"] == 20
+        gmv.assign_values(ds, key="gmv", progress=False)
+        assert reads == [] and check("gmv", gv.limit(20))["truth_train"] == stages["truth_train"]
+        gmv.update_values(ds, "gmv", gv, progress=False)
+        assert reads == [gpaths[20:]]  # only the new generated images
+        after = check("gmv", gv)
+        assert after["truth_train"] == stages["truth_train"] and after["truth_generated"]["count"] == 26
+        assert gv.values("gmv_is_copy")[-1]
+
+        # embeddings from a field: the values stage reads the images itself, once
+        emb = gmv.PixelEmbedder(size=28, mode="L")
+        ids, all_paths = ds.values(["id", "filepath"])
+        ds.set_values("emb", dict(zip(ids, [emb.embed(np.asarray(Image.open(p))) for p in all_paths])), key_field="id")
+        del reads[:]
+        gmv.compute_values(tv, gv, key="e", model=None, embeddings_field="emb", k=5, progress=False)
+        assert reads == [paths, gpaths]
+        gmv.assign_values(ds, key="e", progress=False)
+        assert reads == [paths, gpaths]
+        Image.fromarray(255 - train[7]).save(paths[7])  # edited: its key changes with size/mtime
+        st = os.stat(paths[7])
+        os.utime(paths[7], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        gmv.assign_values(ds, key="e", progress=False)
+        assert reads == [paths, gpaths, [paths[7]]]
+        check("e", gv)
+    finally:
+        ds.delete()
+
+
 def test_digit_attribute_fields_give_c2(digits_dataset):
     import gmv_plugin as gmv
     from gmv_plugin import evaluation as ev
