@@ -127,47 +127,71 @@ def _level_above(threshold):
     return np.searchsorted(LEVELS, threshold, side="right")
 
 
+def _med3(a, b, c):
+    return np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+
+
+def _median3x3(q):
+    """scipy.ndimage's 3x3 median filter (borders reflected) of a uint8
+    ``(N, H, W)`` stack: the median of nine is the median of the largest
+    column minimum, the median of column medians and the smallest column
+    maximum (columns of three sorted once, shared by neighbouring windows)."""
+    p = np.pad(q, ((0, 0), (1, 1), (1, 1)), mode="symmetric")
+    a, b, c = p[:, :-2], p[:, 1:-1], p[:, 2:]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    mid = np.maximum(lo, np.minimum(hi, c))
+    lo, hi = np.minimum(lo, c), np.maximum(hi, c)
+    most_lo = np.maximum(np.maximum(lo[:, :, :-2], lo[:, :, 1:-1]), lo[:, :, 2:])
+    least_hi = np.minimum(np.minimum(hi[:, :, :-2], hi[:, :, 1:-1]), hi[:, :, 2:])
+    return _med3(most_lo, _med3(mid[:, :, :-2], mid[:, :, 1:-1], mid[:, :, 2:]), least_hi)
+
+
 def _statistics_same_size(x):
-    """:func:`image_statistics` for a float64 ``(N, H, W)`` stack in [0, 1]."""
+    """:func:`image_statistics` for a float64 ``(N, H, W)`` stack of 8-bit
+    levels (``LEVELS`` values). Comparisons of levels run on the uint8
+    levels; what is averaged stays float64 as written."""
     n, h, w = x.shape
+    q = np.clip((x * 255).round(), 0, 255).astype(np.uint8)
     flat = x.reshape(n, -1)
     border = np.concatenate([x[:, 0, :], x[:, -1, :], x[:, :, 0], x[:, :, -1]], axis=1)
-    lo = np.percentile(flat, 5, axis=1)
-    hi = np.percentile(flat, 99.5, axis=1)
+    lo, hi = np.percentile(flat, [5, 99.5], axis=1)
     rng = np.maximum(hi - lo, 1e-3)
     lo3, rng3 = lo[:, None, None], rng[:, None, None]
     z = (x - lo3) / rng3
     out = {"border_median": np.median(border, axis=1), "range": rng, "p05": lo}
     out["midtone"] = ((z > 0.15) & (z < 0.85)).mean(axis=(1, 2))
-    med = ndimage.median_filter(x, size=(1, 3, 3))
-    out["impulse"] = np.abs(x - med).mean(axis=(1, 2)) / rng
-    out["impulse_share"] = (np.abs(x - med) > 0.5 * rng3).mean(axis=(1, 2))
+    resid = np.abs(x - LEVELS[_median3x3(q)])
+    out["impulse"] = resid.mean(axis=(1, 2)) / rng
+    out["impulse_share"] = (resid > 0.5 * rng3).mean(axis=(1, 2))
     gy, gx = np.gradient(x, axis=(1, 2))
     grad = np.hypot(gx, gy)
     lap = np.abs(4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:])
     out["lap_over_grad"] = lap.mean(axis=(1, 2)) / np.maximum(grad.mean(axis=(1, 2)), 1e-6)
     out["sharpness"] = np.percentile(grad.reshape(n, -1), 99, axis=1) / rng
-    dx, dy = np.abs(np.diff(x, axis=2)), np.abs(np.diff(x, axis=1))
-    act_x = np.maximum(x[:, :, 1:], x[:, :, :-1]) > lo3 + 0.2 * rng3
-    act_y = np.maximum(x[:, 1:, :], x[:, :-1, :]) > lo3 + 0.2 * rng3
-    eq = ((dx < 1.5 / 255) & act_x).sum(axis=(1, 2)) + ((dy < 1.5 / 255) & act_y).sum(axis=(1, 2))
+    # flat pairs (levels within 1) among bright pairs (either level above lo + 0.2 range)
+    bright = _level_above(lo + 0.2 * rng).astype(np.int16)[:, None, None]
+    qi = q.astype(np.int16)
+    act_x = np.maximum(qi[:, :, 1:], qi[:, :, :-1]) >= bright
+    act_y = np.maximum(qi[:, 1:, :], qi[:, :-1, :]) >= bright
+    eq = ((np.abs(np.diff(qi, axis=2)) <= 1) & act_x).sum(axis=(1, 2)) + \
+        ((np.abs(np.diff(qi, axis=1)) <= 1) & act_y).sum(axis=(1, 2))
     out["plateau"] = eq / np.maximum(act_x.sum(axis=(1, 2)) + act_y.sum(axis=(1, 2)), 1)
     colb, rowb = np.arange(w - 1) % 8 == 7, np.arange(h - 1) % 8 == 7
     if colb.any() and rowb.any():
+        dx, dy = np.abs(np.diff(x, axis=2)), np.abs(np.diff(x, axis=1))
         edge = dx[:, :, colb].mean(axis=(1, 2)) + dy[:, rowb, :].mean(axis=(1, 2))
         inner = dx[:, :, ~colb].mean(axis=(1, 2)) + dy[:, ~rowb, :].mean(axis=(1, 2))
         out["block8"] = edge / np.maximum(inner, 1e-6)
     else:
         out["block8"] = np.ones(n)
-    q = np.clip((x * 255).round(), 0, 255).astype(np.int64).reshape(n, -1)
     present = np.zeros((n, 256), bool)
-    present[np.arange(n)[:, None], q] = True
+    present[np.arange(n)[:, None], q.reshape(n, -1)] = True
     out["levels"] = present.sum(axis=1) / 256.0
     out["ink"] = (z > 0.5).mean(axis=(1, 2))
 
     if min(h, w) > MAX_BLOCK // 2:
         out["flat_block"], out["bright_block"] = _largest_blocks(
-            q.reshape(n, h, w).astype(np.uint8), _level_above(lo + 0.3 * rng), _level_above(lo + 0.5 * rng)
+            q, _level_above(lo + 0.3 * rng), _level_above(lo + 0.5 * rng)
         )
     else:
         out["flat_block"], out["bright_block"] = _largest_blocks_small(x, lo3, rng3)
