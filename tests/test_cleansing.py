@@ -367,3 +367,62 @@ def test_block_sizes_equal_scipy_filters(mnist):
         np.testing.assert_array_equal(fast[0], ref[0])
         np.testing.assert_array_equal(fast[1], ref[1])
     assert ref[0].max() > 1 and ref[1].max() > 1  # the cases reach past the smallest block
+
+
+def _reference_statistics(x):
+    """image_statistics written plainly in float64 with scipy.ndimage filters
+    (the original formulation), for one (N, H, W) stack of 8-bit levels."""
+    from scipy import ndimage
+
+    n, h, w = x.shape
+    flat = x.reshape(n, -1)
+    border = np.concatenate([x[:, 0, :], x[:, -1, :], x[:, :, 0], x[:, :, -1]], axis=1)
+    lo, hi = np.percentile(flat, 5, axis=1), np.percentile(flat, 99.5, axis=1)
+    rng = np.maximum(hi - lo, 1e-3)
+    lo3, rng3 = lo[:, None, None], rng[:, None, None]
+    z = (x - lo3) / rng3
+    out = {"border_median": np.median(border, axis=1), "range": rng, "p05": lo}
+    out["midtone"] = ((z > 0.15) & (z < 0.85)).mean(axis=(1, 2))
+    med = ndimage.median_filter(x, size=(1, 3, 3))
+    out["impulse"] = np.abs(x - med).mean(axis=(1, 2)) / rng
+    out["impulse_share"] = (np.abs(x - med) > 0.5 * rng3).mean(axis=(1, 2))
+    gy, gx = np.gradient(x, axis=(1, 2))
+    grad = np.hypot(gx, gy)
+    lap = np.abs(4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:])
+    out["lap_over_grad"] = lap.mean(axis=(1, 2)) / np.maximum(grad.mean(axis=(1, 2)), 1e-6)
+    out["sharpness"] = np.percentile(grad.reshape(n, -1), 99, axis=1) / rng
+    dx, dy = np.abs(np.diff(x, axis=2)), np.abs(np.diff(x, axis=1))
+    act_x = np.maximum(x[:, :, 1:], x[:, :, :-1]) > lo3 + 0.2 * rng3
+    act_y = np.maximum(x[:, 1:, :], x[:, :-1, :]) > lo3 + 0.2 * rng3
+    eq = ((dx < 1.5 / 255) & act_x).sum(axis=(1, 2)) + ((dy < 1.5 / 255) & act_y).sum(axis=(1, 2))
+    out["plateau"] = eq / np.maximum(act_x.sum(axis=(1, 2)) + act_y.sum(axis=(1, 2)), 1)
+    colb, rowb = np.arange(w - 1) % 8 == 7, np.arange(h - 1) % 8 == 7
+    if colb.any() and rowb.any():
+        edge = dx[:, :, colb].mean(axis=(1, 2)) + dy[:, rowb, :].mean(axis=(1, 2))
+        inner = dx[:, :, ~colb].mean(axis=(1, 2)) + dy[:, ~rowb, :].mean(axis=(1, 2))
+        out["block8"] = edge / np.maximum(inner, 1e-6)
+    else:
+        out["block8"] = np.ones(n)
+    q = np.clip((x * 255).round(), 0, 255).astype(np.int64).reshape(n, -1)
+    present = np.zeros((n, 256), bool)
+    present[np.arange(n)[:, None], q] = True
+    out["levels"] = present.sum(axis=1) / 256.0
+    out["ink"] = (z > 0.5).mean(axis=(1, 2))
+    out["flat_block"], out["bright_block"] = gmvcl._largest_blocks_small(x, lo3, rng3)
+    return np.stack([out[s] for s in gmvcl.STATISTICS], axis=1)
+
+
+def test_image_statistics_equal_the_plain_float64_formulation(mnist):
+    """The uint8-level shortcuts (median network, level comparisons, block
+    recurrences) give the plain float64/scipy statistics bit for bit."""
+    images, _ = mnist
+    rng = np.random.default_rng(9)
+    cases = [images[:400], np.concatenate([fn(images[400 + 20 * i : 420 + 20 * i], rng)
+                                           for i, fn in enumerate(C.CORRUPTIONS.values())])]
+    for h, w in ((3, 9), (9, 13), (64, 33)):
+        cases.append(rng.integers(0, 256, (30, h, w)).astype(np.uint8))
+        cases.append((rng.integers(0, 4, (30, h, w)) * 60 + rng.integers(0, 3, (30, h, w))).astype(np.uint8))
+    for q in cases:
+        np.testing.assert_array_equal(gmvcl.image_statistics(q), _reference_statistics(q / 255.0))
+    floats = [im.astype(np.float32) / 255 + 1e-4 for im in images[:50]]
+    np.testing.assert_array_equal(gmvcl.image_statistics(floats), _reference_statistics(images[:50] / 255.0))
