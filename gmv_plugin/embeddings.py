@@ -320,8 +320,10 @@ def embed_paths(paths, path, embedder, workers=None, chunk_size=1024, progress=N
     mode = embedder.resolved or "auto"
     size = embedder.size
     extra = () if truth is None else ({"stats": bool(truth.get("stats", True))},)
+    if truth is not None:
+        chunk_size = min(chunk_size, 512)  # the features cost more: finer tasks balance the workers
     tasks = [(list(paths[s : s + chunk_size]), size, mode) + extra for s in range(0, n, chunk_size)]
-    feats = []
+    feats = None
     workers = decode_workers() if workers is None else workers
     failed = []
     rgb = mode == "RGB"
@@ -331,7 +333,11 @@ def embed_paths(paths, path, embedder, workers=None, chunk_size=1024, progress=N
             for i, (arr, chunk_rgb, bad, chunk_feats) in enumerate(map_chunks(_decode_chunk, tasks, workers)):
                 start = i * chunk_size
                 failed.extend(start + j for j in bad)
-                feats.append(chunk_feats)
+                if chunk_feats is not None:
+                    if feats is None:
+                        feats = {k: np.empty((n,) + v.shape[1:], v.dtype) for k, v in chunk_feats.items()}
+                    for k, v in chunk_feats.items():
+                        feats[k][start : start + len(v)] = v
                 if chunk_rgb and not rgb:
                     writer = _upgrade_to_rgb(writer, path, n, start)
                     rgb = True
@@ -345,10 +351,8 @@ def embed_paths(paths, path, embedder, workers=None, chunk_size=1024, progress=N
     except BaseException:
         writer.abort()
         raise
-    if truth is not None and not failed:
-        from gmv_plugin import cleansing as gmvcl
-
-        truth["features"] = gmvcl.concat_features(feats, extra[0]["stats"])
+    if truth is not None and not failed and feats is not None:
+        truth["features"] = feats
     resolved = "RGB" if rgb else "L"
     if embedder.resolved is None:
         embedder.resolved = resolved

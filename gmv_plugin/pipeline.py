@@ -790,23 +790,30 @@ class Valuation(object):
             if entry.get("version") != gmvcl.FEATURES_VERSION:
                 continue
             stored = self.store.load_array(entry["files"]["keys"], mmap=False)
+            if not len(stored):
+                continue
             order = np.argsort(stored, kind="stable")
-            pos = order[np.minimum(np.searchsorted(stored, keys, sorter=order), max(len(stored) - 1, 0))]
-            hit = stored[pos] == keys if len(stored) else np.zeros(len(keys), bool)
+            pos = order[np.minimum(np.searchsorted(stored, keys, sorter=order), len(stored) - 1)]
+            hit = stored[pos] == keys
             if best is None or hit.sum() > best[2].sum():
                 best = (entry, pos, hit, len(stored))
         start = time.perf_counter()
+        if best is not None:
+            entry, pos, hit, n_stored = best
+            names = ("desc", "stats") if stats else ("desc",)
+            if hit.all() and n_stored == len(keys) and (pos == np.arange(len(keys))).all():
+                feats = {name: self.store.load_array(entry["files"][name]) for name in names}
+                if entry.get("fingerprint") != self._fingerprints()[part]:
+                    self._put(part, 0.0, entry["files"], version=gmvcl.FEATURES_VERSION, count=len(keys))
+                return feats  # the stored arrays as they are
         feats = {"desc": np.empty((len(keys), gmvc.DESCRIPTOR_SIZE**2), np.float32)}
         if stats:
             feats["stats"] = np.empty((len(keys), len(gmvcl.STATISTICS)))
         hit = np.zeros(len(keys), bool)
         if best is not None:
-            entry, pos, hit, n_stored = best
+            entry, pos, hit, _ = best
             for name, arr in feats.items():
                 arr[hit] = self.store.load_array(entry["files"][name])[pos[hit]]
-            if hit.all() and n_stored == len(keys) and (pos == np.arange(len(keys))).all() and \
-                    entry.get("fingerprint") == self._fingerprints()[part]:
-                return feats  # the stored entry as it is
         if not hit.all():
             new = gmvcl.read_features(paths[~hit], stats=stats)
             for name, arr in feats.items():
