@@ -146,12 +146,11 @@ def _median3x3(q):
     return _med3(most_lo, _med3(mid[:, :, :-2], mid[:, :, 1:-1], mid[:, :, 2:]), least_hi)
 
 
-def _statistics_same_size(x):
-    """:func:`image_statistics` for a float64 ``(N, H, W)`` stack of 8-bit
-    levels (``LEVELS`` values). Comparisons of levels run on the uint8
-    levels; what is averaged stays float64 as written."""
-    n, h, w = x.shape
-    q = np.clip((x * 255).round(), 0, 255).astype(np.uint8)
+def _statistics_same_size(q):
+    """:func:`image_statistics` for a uint8 ``(N, H, W)`` stack. Comparisons
+    of levels run on the uint8 levels; what is averaged is float64 in [0, 1]."""
+    n, h, w = q.shape
+    x = LEVELS[q]
     flat = x.reshape(n, -1)
     border = np.concatenate([x[:, 0, :], x[:, -1, :], x[:, :, 0], x[:, :, -1]], axis=1)
     lo, hi = np.percentile(flat, [5, 99.5], axis=1)
@@ -231,13 +230,12 @@ def image_statistics(images):
         stack = np.stack([items[i] for i in rows]) if not isinstance(items, np.ndarray) else items[rows]
         if len(stack) and len(shape) != 2:
             raise ValueError("image_statistics takes grayscale (H, W) images; got shape %s" % (shape,))
-        x = stack.astype(np.float64)
         if stack.dtype == np.uint8:
-            x /= 255.0
+            q = stack
         else:  # 8-bit levels, as images on disk have
-            x = np.round(np.clip(x, 0.0, 1.0) * 255.0) / 255.0
+            q = np.round(np.clip(stack.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
         for s in range(0, len(rows), 2048):
-            out[rows[s : s + 2048]] = _statistics_same_size(x[s : s + 2048])
+            out[rows[s : s + 2048]] = _statistics_same_size(q[s : s + 2048])
     return out
 
 
