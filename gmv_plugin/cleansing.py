@@ -155,13 +155,13 @@ def image_statistics(images):
         stack = np.stack([items[i] for i in rows]) if not isinstance(items, np.ndarray) else items[rows]
         if len(stack) and len(shape) != 2:
             raise ValueError("image_statistics takes grayscale (H, W) images; got shape %s" % (shape,))
-        x = stack.astype(np.float64)
-        if stack.dtype == np.uint8:
-            x /= 255.0
-        else:  # 8-bit levels, as images on disk have
-            x = np.round(np.clip(x, 0.0, 1.0) * 255.0) / 255.0
-        for s in range(0, len(rows), 2048):
-            out[rows[s : s + 2048]] = _statistics_same_size(x[s : s + 2048])
+        for s in range(0, len(rows), 2048):  # float64 copies only per block
+            x = stack[s : s + 2048].astype(np.float64)
+            if stack.dtype == np.uint8:
+                x /= 255.0
+            else:  # 8-bit levels, as images on disk have
+                x = np.round(np.clip(x, 0.0, 1.0) * 255.0) / 255.0
+            out[rows[s : s + 2048]] = _statistics_same_size(x)
     return out
 
 
