@@ -230,12 +230,11 @@ def image_statistics(images):
         stack = np.stack([items[i] for i in rows]) if not isinstance(items, np.ndarray) else items[rows]
         if len(stack) and len(shape) != 2:
             raise ValueError("image_statistics takes grayscale (H, W) images; got shape %s" % (shape,))
-        if stack.dtype == np.uint8:
-            q = stack
-        else:  # 8-bit levels, as images on disk have
-            q = np.round(np.clip(stack.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
-        for s in range(0, len(rows), 2048):
-            out[rows[s : s + 2048]] = _statistics_same_size(q[s : s + 2048])
+        for s in range(0, len(rows), 2048):  # float64 copies only per block
+            q = stack[s : s + 2048]
+            if q.dtype != np.uint8:  # 8-bit levels, as images on disk have
+                q = np.round(np.clip(q.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+            out[rows[s : s + 2048]] = _statistics_same_size(q)
     return out
 
 
@@ -369,24 +368,6 @@ def concat_features(parts, stats=True):
         out["stats"] = (np.concatenate([p["stats"] for p in parts]) if parts else
                         np.zeros((0, len(STATISTICS))))
     return out
-
-
-def file_keys(ids, paths):
-    """Per sample, a uint64 hash of its id, path, file size and mtime (as
-    :class:`gmv_plugin.pipeline.SampleSet` keys are), or None when a file is
-    missing: stored features of a key are those of that file's content."""
-    import hashlib
-    import os
-
-    keys = np.empty(len(paths), dtype=np.uint64)
-    for i, (sid, path) in enumerate(zip(ids, paths)):
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        sig = "%s|%s|%d|%d" % (sid, path, st.st_size, st.st_mtime_ns)
-        keys[i] = int.from_bytes(hashlib.blake2b(sig.encode(), digest_size=8).digest(), "little")
-    return keys
 
 
 def truth_columns(

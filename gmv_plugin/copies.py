@@ -138,8 +138,10 @@ def read_gray(paths, max_side=64):
     return out
 
 
-def nearest(queries, base, k=1, exclude_self=False, rows=None):
-    """Exact Euclidean nearest neighbours of ``queries`` among ``base`` (FAISS flat).
+def nearest(queries, base, k=1, exclude_self=False, rows=None, block_mb=64):
+    """Exact Euclidean nearest neighbours of ``queries`` among ``base`` (FAISS
+    brute force over blocks of ``base`` of at most ``block_mb``, so memory
+    does not grow with ``base``, which may be a ``.npy`` memmap).
 
     With ``exclude_self``, each query's own row of ``base`` is skipped: query
     ``i`` is row ``rows[i]`` (default: ``i``, i.e. the queries are ``base``).
@@ -149,10 +151,17 @@ def nearest(queries, base, k=1, exclude_self=False, rows=None):
     """
     import faiss
 
-    index = faiss.IndexFlatL2(base.shape[1])
-    index.add(np.ascontiguousarray(base, dtype=np.float32))
-    kk = k + 1 if exclude_self else k
-    d2, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), kk)
+    from gmv_plugin import arrays
+
+    kk = min(k + 1 if exclude_self else k, len(base))
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    block = max(kk, int(block_mb * 2**20 // max(1, 4 * base.shape[1])))
+    heap = faiss.ResultHeap(len(queries), kk)
+    for start, rows_ in arrays.iter_rows(base, block):
+        d2, idx = faiss.knn(queries, rows_, min(kk, len(rows_)))
+        heap.add_result(np.ascontiguousarray(d2), np.ascontiguousarray(idx + start))
+    heap.finalize()
+    d2, idx = heap.D, heap.I
     d = np.sqrt(np.maximum(d2, 0))
     if exclude_self:
         own = np.arange(len(queries)) if rows is None else np.asarray(rows)
@@ -162,8 +171,8 @@ def nearest(queries, base, k=1, exclude_self=False, rows=None):
         drop = np.where(keep.all(axis=1), kk - 1, first)
         mask = np.ones_like(keep)
         mask[np.arange(len(queries)), drop] = False
-        d = d[mask].reshape(len(queries), k)
-        idx = idx[mask].reshape(len(queries), k)
+        d = d[mask].reshape(len(queries), kk - 1)
+        idx = idx[mask].reshape(len(queries), kk - 1)
     return d.astype(np.float32), idx.astype(np.int64)
 
 

@@ -376,7 +376,8 @@ class Valuation(object):
         self._staged = None
         self.train_view = gmvruns.train_view(dataset, config)
         self.generated_view = gmvruns.generated_view(dataset, config)
-        stat = self._needs_images()
+        self.reads_images = self._needs_images()
+        stat = self.reads_images
         self.train = self._resolve("embed_train", SampleSet.read(self.train_view, "training", stat))
         self._gen_read = SampleSet.read(self.generated_view, "generated", stat)
         self.gen = self._resolve("embed_generated", self._gen_read)
@@ -643,7 +644,7 @@ class Valuation(object):
                 files[label] = self.store.save_array("%s_%s" % (part, label), arr)
             self._put(part, time.perf_counter() - start, files, count=len(ids),
                       side_digest=side.digest, emb=self._emb_digest())
-            if "features" in truth and self._needs_images():  # side.keys know the files' sizes and mtimes
+            if "features" in truth and self.reads_images:  # side.keys know the files' sizes and mtimes
                 self._put_truth(what, side.keys, truth["features"], 0.0)
 
     def _resolved_model(self):
@@ -755,35 +756,29 @@ class Valuation(object):
 
     def _truth_columns(self, values):
         """Cleansing scores and copy flags (:func:`gmv_plugin.cleansing.truth_columns`)
-        of the alive samples, from their images' features (stored with the
-        run, computed for the images not seen before); from the embeddings
-        when some image files are gone. Returns ``(columns, "images" | "embeddings")``."""
+        of the alive samples when the run reads images (not from an embeddings
+        field alone), from their images' features: stored with the run, read
+        for the images not seen before; else from the embeddings. Returns
+        ``(columns, "images" | "embeddings")``."""
         train_rows, gen_rows = self.train.alive_rows(), self.gen.alive_rows()
-        train_keys = self._file_keys(self.train, train_rows)
-        gen_keys = self._file_keys(self.gen, gen_rows) if train_keys is not None else None
-        if gen_keys is not None:
+        if self.reads_images:  # every file existed when the samples were read; their keys know the files
             try:
-                train = self._truth_features("train", self.train.paths[train_rows], train_keys)
-                gen = self._truth_features("gen", self.gen.paths[gen_rows], gen_keys)
+                train = self._truth_features("train", self.train.paths[train_rows], self.train.keys[train_rows])
+                gen = self._truth_features("gen", self.gen.paths[gen_rows], self.gen.keys[gen_rows])
                 return gmvcl.truth_from_features(values[train_rows], train, gen), "images"
             except ImageReadError as e:
                 logger.warning("Run %r: cleansing and copy flags from embeddings: %s", self.key, e)
-        train_emb = np.asarray(self._array("embed_train", "emb")[train_rows])
+        train_emb = self._array("embed_train", "emb")
+        if self.train.alive is not None:
+            train_emb = gmvarrays.gather_rows(train_emb, train_rows)
         gen_emb = np.asarray(self._array("embed_generated", "emb")[gen_rows])
         return gmvcl.truth_columns(values[train_rows], train_emb=train_emb, gen_emb=gen_emb), "embeddings"
 
-    def _file_keys(self, side, rows):
-        """Keys of ``side``'s ``rows`` that change with their files (None when
-        a file is missing): the side's own keys when they were read with the
-        files' sizes and mtimes."""
-        if self._needs_images():
-            return side.keys[rows]
-        return gmvcl.file_keys(side.ids[rows], side.paths[rows])
-
     def _truth_features(self, what, paths, keys):
         """:func:`gmv_plugin.cleansing.image_features` of ``paths`` (``keys``:
-        :meth:`_file_keys`): stored rows of the same keys are reused, the
-        others read; a changed set of rows is stored as a new entry."""
+        their samples' keys, which change with the files): stored rows of
+        the same keys are reused, the others read; a changed set of rows is
+        stored as a new entry."""
         part, stats = TRUTH_PARTS[what], what == "train"
         best = None
         for entry in self._entries(part):

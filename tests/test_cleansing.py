@@ -248,16 +248,19 @@ def test_pipeline_without_image_files_uses_the_value_alone(mnist, tmp_path):
         from PIL import Image
 
         ds.set_values("emb", dict(zip(ids, [emb.embed(np.asarray(Image.open(p))) for p in paths])), key_field="id")
+        tv, gv = ds.match_tags("train"), ds.match_tags("generated")
+        from gmv_plugin.store import RunStore
+
+        # a run from an embeddings field reads no images, even where they exist
+        gmv.compute_values(tv, gv, key="f", model=None, embeddings_field="emb", k=5, progress=False)
+        assert RunStore(ds, "f").manifest()["stages"]["values"]["truth"]["source"] == "embeddings"
         for p in ds.match_tags("train").values("filepath")[:3]:
             os.remove(p)  # some training files are gone: the pixels can't be read
-        tv, gv = ds.match_tags("train"), ds.match_tags("generated")
         gmv.compute_values(tv, gv, key="e", model=None, embeddings_field="emb", k=5, progress=False)
         values, cleansing = tv.values(["e_value", "e_cleansing"])
         np.testing.assert_allclose(cleansing, gmvcl.cleansing_scores(np.array(values)))
         is_copy, score = gv.values(["e_is_copy", "e_copy_score"])
         assert is_copy[-1] and not any(is_copy[:-1])  # the exact copy, found on embeddings
-        from gmv_plugin.store import RunStore
-
         assert RunStore(ds, "e").manifest()["stages"]["values"]["truth"]["source"] == "embeddings"
         with_images = gmvcl.truth_columns(np.array(values[3:]), train_images=train[3:])["train"]["cleansing"]
         assert not np.allclose(with_images, gmvcl.cleansing_scores(np.array(values[3:])))  # images would change it
@@ -309,19 +312,20 @@ def test_truth_features_are_stored_and_read_once_per_image(mnist, tmp_path, monk
         assert after["truth_train"] == stages["truth_train"] and after["truth_generated"]["count"] == 26
         assert gv.values("gmv_is_copy")[-1]
 
-        # embeddings from a field: the values stage reads the images itself, once
+        # embeddings from a field, re-ranked on pixels: the values stage reads the images, once
         emb = gmv.PixelEmbedder(size=28, mode="L")
         ids, all_paths = ds.values(["id", "filepath"])
         ds.set_values("emb", dict(zip(ids, [emb.embed(np.asarray(Image.open(p))) for p in all_paths])), key_field="id")
         del reads[:]
-        gmv.compute_values(tv, gv, key="e", model=None, embeddings_field="emb", k=5, progress=False)
+        field = dict(model=None, embeddings_field="emb", rerank="l2", k=5, progress=False)
+        gmv.compute_values(tv, gv, key="e", **field)
         assert reads == [paths, gpaths]
         gmv.assign_values(ds, key="e", progress=False)
         assert reads == [paths, gpaths]
         Image.fromarray(255 - train[7]).save(paths[7])  # edited: its key changes with size/mtime
         st = os.stat(paths[7])
         os.utime(paths[7], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-        gmv.assign_values(ds, key="e", progress=False)
+        gmv.compute_values(tv, gv, key="e", overwrite=True, **field)
         assert reads == [paths, gpaths, [paths[7]]]
         check("e", gv)
     finally:
