@@ -378,6 +378,7 @@ def truth_columns(
     gen_images=None,
     train_emb=None,
     gen_emb=None,
+    gen_neighbours=None,
     copy_threshold=gmvc.COPY_THRESHOLD,
     margin=ANOMALY_MARGIN,
     weight=ANOMALY_WEIGHT,
@@ -400,6 +401,8 @@ def truth_columns(
         train_images, gen_images (None): the images instead of paths
         train_emb, gen_emb (None): ``(n, D)`` / ``(m, D)`` embeddings, used
             only when images are missing
+        gen_neighbours (None): exact ``(distances, indices)`` of ``gen_emb``
+            among ``train_emb`` when known (see :func:`gmv_plugin.copies.copy_scores`)
         copy_threshold (0.45): ``is_copy = copy_score >= copy_threshold``
         margin (0.5), weight (4.0): see :func:`cleansing_scores`
 
@@ -456,7 +459,8 @@ def truth_from_features(
     else:
         train_desc = None
     if train_desc is not None and n >= 3:
-        cs = gmvc.copy_scores(gen_desc, gen_flip, train_desc)
+        known = gen_neighbours if gen_flip is None else None
+        cs = gmvc.copy_scores(gen_desc, gen_flip, train_desc, neighbours=known)
         copy_score, copy_of = cs["copy_score"], cs["nearest"]
     else:
         m = len(gen["desc"]) if gen is not None else (len(gen_emb) if gen_emb is not None else 0)

@@ -176,7 +176,7 @@ def nearest(queries, base, k=1, exclude_self=False, rows=None, block_mb=64):
     return d.astype(np.float32), idx.astype(np.int64)
 
 
-def copy_scores(gen_desc, gen_desc_flipped, train_desc):
+def copy_scores(gen_desc, gen_desc_flipped, train_desc, neighbours=None):
     """Copy scores of generated images from their descriptors.
 
     With ``d1`` and ``d2`` the distances from a generated image to its nearest
@@ -195,6 +195,9 @@ def copy_scores(gen_desc, gen_desc_flipped, train_desc):
         gen_desc_flipped: ``(m, D)`` descriptors of the mirrored generated
             images, or None to ignore mirroring
         train_desc: ``(n, D)`` descriptors of the training images, ``n >= 3``
+        neighbours (None): the exact ``(distances, indices)`` of ``gen_desc``
+            among ``train_desc`` when already known (at least
+            :data:`DUPLICATE_LOOKAHEAD` columns), e.g. a flat index's recall
 
     Returns:
         a dict with ``copy_score`` (float64 ``(m,)``, at least
@@ -208,7 +211,10 @@ def copy_scores(gen_desc, gen_desc_flipped, train_desc):
         raise ValueError("copy scores need at least 3 training images; got %d" % len(train_desc))
     train_desc = np.asarray(train_desc, dtype=np.float32)
     kk = min(DUPLICATE_LOOKAHEAD, len(train_desc))
-    d, idx = nearest(gen_desc, train_desc, kk)
+    if neighbours is not None and np.shape(neighbours[1])[1] >= kk:
+        d, idx = (np.asarray(a)[:, :kk] for a in neighbours)
+    else:
+        d, idx = nearest(gen_desc, train_desc, kk)
     if gen_desc_flipped is not None:
         df, idf = nearest(gen_desc_flipped, train_desc, kk)
         flipped = df[:, 0] < d[:, 0]

@@ -769,10 +769,14 @@ class Valuation(object):
             except ImageReadError as e:
                 logger.warning("Run %r: cleansing and copy flags from embeddings: %s", self.key, e)
         train_emb = self._array("embed_train", "emb")
+        neighbours = None
         if self.train.alive is not None:
             train_emb = gmvarrays.gather_rows(train_emb, train_rows)
+        elif self.entry("index").get("index_type") == "flat":  # exact: no second search
+            neighbours = tuple(self._array("recall", a, mmap=False)[gen_rows] for a in ("dists", "idx"))
         gen_emb = np.asarray(self._array("embed_generated", "emb")[gen_rows])
-        return gmvcl.truth_columns(values[train_rows], train_emb=train_emb, gen_emb=gen_emb), "embeddings"
+        return gmvcl.truth_columns(values[train_rows], train_emb=train_emb, gen_emb=gen_emb,
+                                   gen_neighbours=neighbours), "embeddings"
 
     def _truth_features(self, what, paths, keys):
         """:func:`gmv_plugin.cleansing.image_features` of ``paths`` (``keys``:

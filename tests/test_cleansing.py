@@ -82,6 +82,20 @@ def test_copy_scores_and_flags_hand_case():
         gmvc.copy_scores(gen, None, train[:2])
 
 
+def test_copy_scores_from_known_neighbours_and_blocks_equal_one_search(tmp_path):
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(3000, 16)).astype(np.float32)
+    gen = np.concatenate([train[:20] + 0.01, rng.normal(size=(30, 16)).astype(np.float32)])
+    np.save(tmp_path / "t.npy", train)
+    mm = np.load(tmp_path / "t.npy", mmap_mode="r")
+    plain = gmvc.copy_scores(gen, None, train)
+    d, idx = gmvc.nearest(gen, mm, 50, block_mb=0.01)  # 160-row blocks, as a recall would give
+    known = gmvc.copy_scores(gen, None, mm, neighbours=(d, idx))
+    for name in ("copy_score", "nearest", "train_nn"):
+        np.testing.assert_allclose(known[name], plain[name], rtol=1e-5)
+    assert (plain["copy_score"][:20] > 0.9).all()
+
+
 def test_copies_of_duplicated_training_images_are_still_copies():
     rng = np.random.default_rng(2)
     train = rng.normal(size=(40, 8)).astype(np.float32)
