@@ -419,7 +419,8 @@ def truth_columns(
     elif gen_paths is not None:
         gen = read_features(gen_paths, stats=False)
     return truth_from_features(values, train, gen, train_emb=train_emb, gen_emb=gen_emb,
-                               copy_threshold=copy_threshold, margin=margin, weight=weight)
+                               gen_neighbours=gen_neighbours, copy_threshold=copy_threshold,
+                               margin=margin, weight=weight)
 
 
 def truth_from_features(
@@ -428,17 +429,20 @@ def truth_from_features(
     gen=None,
     train_emb=None,
     gen_emb=None,
+    gen_neighbours=None,
     copy_threshold=gmvc.COPY_THRESHOLD,
     margin=ANOMALY_MARGIN,
     weight=ANOMALY_WEIGHT,
 ):
     """:func:`truth_columns` from :func:`image_features` of the training
-    images (``train``, with statistics) and of the generated ones (``gen``).
+    images (``train``, with statistics) and of the generated ones (``gen``);
+    the other arguments as there.
 
     Returns:
         ``{"train": {"cleansing": float64 (n,), "copied_by": int64 (n,),
-        "implausibility": float64 (n,) or None}, "generated": {"copy_score": float64 (m,),
-        "is_copy": bool (m,), "copy_of": int64 (m,): the closest training row}}``
+        "implausibility": float64 (n,) or None}, "generated": {"copy_score":
+        float64 (m,), "is_copy": bool (m,), "copy_of": int64 (m,): the
+        closest training row}}``
     """
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
