@@ -189,6 +189,23 @@ def test_truth_columns_from_paths_equal_arrays(mnist, tmp_path):
     assert c["generated"]["is_copy"].all() and c["train"]["implausibility"] is None
 
 
+def test_read_features_in_workers_equal_one_process_and_name_unreadable_files(mnist, tmp_path):
+    from gmv_plugin.images import ImageReadError
+
+    images, _ = mnist
+    paths = write_pngs(images[:300], tmp_path, "w")
+    many = gmvcl.read_features(paths, workers=2, chunk_size=64)
+    one = gmvcl.image_features(gmvc.read_gray(paths))
+    for name in ("desc", "stats"):
+        np.testing.assert_array_equal(many[name], one[name])
+    assert set(gmvcl.read_features(paths[:5], stats=False)) == {"desc"}
+    bad = str(tmp_path / "broken.png")
+    with open(bad, "wb") as f:
+        f.write(b"not a png")
+    with pytest.raises(ImageReadError, match="broken.png"):
+        gmvcl.read_features(paths[:100] + [bad], workers=2, chunk_size=64)
+
+
 # ----------------------------------------------------------------- pipeline
 
 
