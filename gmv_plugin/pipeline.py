@@ -758,8 +758,10 @@ class Valuation(object):
         """Cleansing scores and copy flags (:func:`gmv_plugin.cleansing.truth_columns`)
         of the alive samples when the run reads images (not from an embeddings
         field alone), from their images' features: stored with the run, read
-        for the images not seen before; else from the embeddings. Returns
-        ``(columns, "images" | "embeddings")``."""
+        for the images not seen before; else from the embeddings (with a
+        Brain index, the training side's from its embeddings field; with none,
+        the value alone and no copies). Returns ``(columns, "images" |
+        "embeddings" | "none")``."""
         train_rows, gen_rows = self.train.alive_rows(), self.gen.alive_rows()
         if self.reads_images:  # every file existed when the samples were read; their keys know the files
             try:
@@ -768,13 +770,20 @@ class Valuation(object):
                 return gmvcl.truth_from_features(values[train_rows], train, gen), "images"
             except ImageReadError as e:
                 logger.warning("Run %r: cleansing and copy flags from embeddings: %s", self.key, e)
+        gen_emb = np.asarray(self._array("embed_generated", "emb")[gen_rows])
+        if "emb" not in self.entry("embed_train")["files"]:  # the training vectors live in a Brain index
+            field = self.config.embeddings_field
+            if not field:
+                return gmvcl.truth_columns(values[train_rows], gen_emb=gen_emb), "none"
+            ids = self.train.ids[train_rows].tolist()
+            _, train_emb = gmve.read_field_embeddings(self.dataset.select(ids, ordered=True), field)
+            return gmvcl.truth_columns(values[train_rows], train_emb=train_emb, gen_emb=gen_emb), "embeddings"
         train_emb = self._array("embed_train", "emb")
         neighbours = None
         if self.train.alive is not None:
             train_emb = gmvarrays.gather_rows(train_emb, train_rows)
         elif self.entry("index").get("index_type") == "flat":  # exact: no second search
             neighbours = tuple(self._array("recall", a, mmap=False)[gen_rows] for a in ("dists", "idx"))
-        gen_emb = np.asarray(self._array("embed_generated", "emb")[gen_rows])
         return gmvcl.truth_columns(values[train_rows], train_emb=train_emb, gen_emb=gen_emb,
                                    gen_neighbours=neighbours), "embeddings"
 
