@@ -306,13 +306,17 @@ def _read_side(view, field=None):
     if field is None:
         return list(view.values(["id", "filepath"])) + [None]
     db_field = view._handle_db_field(field) if hasattr(view, "_handle_db_field") else field
+    ids, paths, hashes = [], [], []
     try:
-        docs = list(view._aggregate(pipeline=[{"$project": {
-            "_id": 1, "filepath": 1, "h": {"$toHashedIndexKey": "$" + db_field}}}]))
+        for d in view._aggregate(pipeline=[{"$project": {
+                "_id": 1, "filepath": 1, "h": {"$toHashedIndexKey": "$" + db_field}}}]):
+            ids.append(str(d["_id"]))
+            paths.append(d.get("filepath"))
+            hashes.append(d.get("h"))
     except pymongo.errors.OperationFailure:  # a server without $toHashedIndexKey
         ids, paths = view.values(["id", "filepath"])
-        return ids, paths, np.random.default_rng().integers(0, 2**62, len(ids)).tolist()
-    return [str(d["_id"]) for d in docs], [d.get("filepath") for d in docs], [d.get("h") for d in docs]
+        hashes = np.random.default_rng().integers(0, 2**62, len(ids)).tolist()
+    return ids, paths, hashes
 
 
 def _digest(obj):
