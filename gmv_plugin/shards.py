@@ -18,8 +18,9 @@ apart from the others. A sharded valuation runs in three steps:
 
 The result equals a single-process :func:`gmv_plugin.compute_values` bit for
 bit because every shard repeats exactly the batches the single process
-computes: shard boundaries are multiples of :data:`ALIGN` rows, the size of
-the pipeline's FAISS query batches, embedding chunks and re-ranking chunks.
+computes: shard boundaries are multiples of the plan's ``align`` rows
+(:func:`alignment`), a multiple of the recall's query batches, the model's
+batches and the re-ranking and quality chunks.
 (FAISS's BLAS kernels round differently for different batch compositions and
 thread counts, so finer shards would agree only to float rounding; workers
 must use the same number of BLAS threads for identical bits.)
@@ -43,6 +44,7 @@ import numpy as np
 import fiftyone.core.utils as fou
 
 from gmv_plugin import embeddings as gmve
+from gmv_plugin import index as gmvi
 from gmv_plugin import locks
 from gmv_plugin import pipeline as gmvp
 from gmv_plugin import runs as gmvruns
@@ -51,10 +53,11 @@ from gmv_plugin.faults import crashpoint
 
 logger = logging.getLogger(__name__)
 
-# Shard boundaries are multiples of this: gmv_plugin.index.search's query
-# batch and embed_to_file's chunk (4096), which the re-ranking and quality
-# chunks (256) and the usual model batch sizes divide.
-ALIGN = 4096
+# Shard boundaries are multiples of at least this many rows: the FAISS query
+# batch, which the re-ranking and quality chunks (256) and the usual model
+# batch sizes divide (see alignment()).
+ALIGN = gmvi.QUERY_BATCH
+CHUNK = 256
 PLANS = "gmv_shard_plans"
 PLUGIN = "@gmvaluator/gmv"
 GENERATED_PARTS = ("embed_generated", "recall", "rerank", "quality")
@@ -106,6 +109,15 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def alignment(valuation):
+    """Rows per shard block of ``valuation``: the least common multiple of its
+    recall's query batch (FAISS's, or the Brain searcher's), its model batch
+    size and the re-ranking/quality chunk, so that a shard repeats exactly the
+    batches of a single-process run."""
+    query = valuation._brain_recall().batch_size if valuation._brain_key() else gmvi.QUERY_BATCH
+    return math.lcm(int(query), int(valuation.config.batch_size or 1), CHUNK)
+
+
 def shard_bounds(n, num_shards, align=ALIGN):
     """Row ranges ``[(start, stop), ...]`` of at most ``num_shards``
     contiguous shards of ``n`` rows, each a whole number of ``align``-row
@@ -125,7 +137,7 @@ def plan_shards(samples, key, num_shards, progress=None):
     Holding the run's lock: computes and commits the training embeddings and
     the index when they are not fresh, splits the run's generated samples
     into at most ``num_shards`` contiguous shards (whole blocks of
-    :data:`ALIGN` samples) and writes the plan. A new plan replaces the run's
+    :func:`alignment` samples) and writes the plan. A new plan replaces the run's
     previous one.
 
     Returns:
@@ -160,18 +172,20 @@ def plan_shards(samples, key, num_shards, progress=None):
         _save(os.path.join(pdir, "ids.npy"), gen.ids.astype(str))
         _save(os.path.join(pdir, "paths.npy"), gen.paths.astype(str))
         _save(os.path.join(pdir, "keys.npy"), gen.keys)
-        bounds = shard_bounds(len(gen), num_shards)
+        align = alignment(valuation)
+        bounds = shard_bounds(len(gen), num_shards, align)
         if len(bounds) < num_shards:
             logger.warning(
                 "Run %r: %d generated samples make %d shard(s), not %d: a shard holds whole "
                 "blocks of %d samples so that it repeats the single-process computation exactly",
-                key, len(gen), len(bounds), num_shards, ALIGN)
+                key, len(gen), len(bounds), num_shards, align)
         plan = {
             "plan_id": plan_id,
             "key": key,
             "dataset_id": str(dataset._doc.id),
             "num_shards": len(bounds),
             "shards": bounds,
+            "align": align,
             "gen_digest": gen.digest,
             "fingerprints": valuation._fingerprints(),
             "host": socket.gethostname(),
@@ -535,8 +549,8 @@ def compute_values_sharded(train_view, generated_view, key="gmv", shards=2, over
     :func:`shard_status`.
 
     Args:
-        shards (2): the number of shards (at most one per :data:`ALIGN`
-            generated samples)
+        shards (2): the number of shards (at most one per block of
+            :func:`alignment` generated samples, 1024 by default)
         wait: seconds the reduce waits for the shards
         kwargs: the valuation options of :func:`gmv_plugin.compute_values`
 

@@ -17,7 +17,7 @@ def add_shards(inputs, ctx):
                description="Split the generated samples into this many shards, each a separate "
                "delegated operation, then one reduce; every `fiftyone delegated launch` worker "
                "needs the same database, plugins directory and GMV_RUNS_DIR. A shard holds "
-               "whole blocks of %d generated samples; 1 = one process" % gmvshards.ALIGN)
+               "whole blocks of at least %d generated samples; 1 = one process" % gmvshards.ALIGN)
 
 
 def num_shards(ctx):
@@ -93,7 +93,7 @@ class ComputeGMVShard(foo.Operator):
         except gmvshards.PlanReducedError as e:  # the reduce computed it already
             return {"shard": shard, "skipped": str(e)}
         return {"shard": shard, "rows": record["rows"], "seconds": record["wall_seconds"],
-                "host": record["host"]}
+                "stage_seconds": record["seconds"], "host": record["host"], "pid": record["pid"]}
 
 
 class ReduceGMVShards(foo.Operator):

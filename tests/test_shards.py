@@ -22,7 +22,7 @@ from gmv_plugin.faults import CRASH_EXIT_CODE
 from conftest import ROOT, load_mnist, write_pngs
 from test_faults import diff, leftovers, snapshot
 
-N_TRAIN, N_GEN = 300, 8400  # 8400 generated samples: 3 blocks of gmvshards.ALIGN
+N_TRAIN, N_GEN = 300, 3000  # 3000 generated samples: 3 blocks of gmvshards.ALIGN (1024)
 URI = "@gmvaluator/gmv/"
 OPTS = dict(k=5, rerank="l2", quality="realism", temperature="auto")
 
@@ -72,7 +72,7 @@ def test_sharded_equals_single_process(ds, ref, num_shards):
     key = "sh%d" % num_shards
     plan = start_run(ds, key, num_shards)
     assert plan["num_shards"] == num_shards
-    assert plan["shards"][0] == (0, 4096)
+    assert plan["shards"][0] == (0, gmvshards.ALIGN)
     records = {}
     for i in reversed(range(num_shards)):  # any order
         records[i] = gmv.compute_shard(ds, key, plan["plan_id"], i, progress=False)
@@ -80,7 +80,7 @@ def test_sharded_equals_single_process(ds, ref, num_shards):
     assert status["done"] == list(range(num_shards)) and not status["pending"]
     # a done shard is skipped
     assert gmv.compute_shard(ds, key, plan["plan_id"], 0) == records[0]
-    assert records[0]["rows"] == [0, 4096]
+    assert records[0]["rows"] == [0, gmvshards.ALIGN]
     gmv.reduce_shards(ds, key, plan["plan_id"], progress=False)
     check_equal(ds, key, ref)
     assert not os.path.exists(os.path.join(gmvstore.RunStore(ds, key).dir, "shards"))
@@ -117,7 +117,7 @@ def test_killed_shard_is_retried_alone(ds, ref, point):
         assert "2 shards: done [0], running [], pending [1]" in props["plan_status"]["view"]["label"]
         res = foo.execute_operator(URI + "compute_gmv_shard", ctx=dict(
             dataset=ds.name, params={"run_key": key, "plan_id": pid, "shard": 1}))
-        assert res.error is None and res.result["rows"] == [4096, N_GEN], res.error
+        assert res.error is None and res.result["rows"] == [gmvshards.ALIGN, N_GEN], res.error
         res = foo.execute_operator(URI + "reduce_gmv_shards", ctx=dict(
             dataset=ds.name, params={"run_key": key, "plan_id": pid}))
         assert res.error is None and res.result["report"]["counts"]["generated"] == N_GEN, res.error
