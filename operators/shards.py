@@ -126,6 +126,15 @@ class ReduceGMVShards(foo.Operator):
             compute_missing=bool(c.param(ctx, "compute_missing", False)),
             progress=c.progress(ctx, "GMValuator %r reduce" % key),
         )
+        then = c.param(ctx, "then_shards")
+        if then:  # a training-side reduce: the generated side's shards come next
+            nxt = gmvshards.queue_generated(ctx.dataset, key, int(then),
+                                            wait=float(c.param(ctx, "then_wait", 24 * 3600)))
+            return {"key": key, "plan_id": nxt["plan_id"], "num_shards": nxt["num_shards"],
+                    "shard_operations": nxt["shard_operations"],
+                    "reduce_operation": nxt["reduce_operation"],
+                    "summary": "Training embeddings stored and index built; queued %d generated-side "
+                               "shards and their reduce (plan %s)" % (nxt["num_shards"], nxt["plan_id"])}
         ctx.ops.reload_dataset()
         return dict(key=key, **c.report_result(ctx.dataset, key))  # "summary": the report in markdown
 

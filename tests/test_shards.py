@@ -231,3 +231,79 @@ def test_killed_reduce_leaves_the_run_before_or_after(ds, ref):
     gmv.reduce_shards(ds, key, plan["plan_id"])
     check_equal(ds, key, ref)
     gmv.delete_run(ds, key)
+
+
+# --- training-side shards -------------------------------------------------------
+
+
+def run_generated(ds, key, num_shards=2):
+    plan = gmv.plan_shards(ds, key, num_shards, progress=False)
+    for i in range(plan["num_shards"]):
+        gmv.compute_shard(ds, key, plan["plan_id"], i)
+    gmv.reduce_shards(ds, key, plan["plan_id"], progress=False)
+
+
+def test_training_shards_equal_single_process(ds, ref):
+    key = "tsh"
+    gmv.init_valuation(ds.match_tags("train"), ds.match_tags("generated"), key=key, **options())
+    plan = gmv.plan_train_shards(ds, key, 3, progress=False)
+    # training shards hold whole model batches (64), not query batches
+    assert plan["num_shards"] == 3 and plan["shards"] == [(0, 64), (64, 192), (192, N_TRAIN)]
+    assert gmv.shard_status(ds, key)["side"] == "train"
+    for i in reversed(range(3)):
+        rec = gmv.compute_shard(ds, key, plan["plan_id"], i, progress=False)
+        assert rec["side"] == "train" and rec["rows"] == list(plan["shards"][i])
+    store = gmvstore.RunStore(ds, key)
+    assert store.manifest()["stages"] == {}  # shards wrote only their own folders
+    gmv.reduce_shards(ds, key, plan["plan_id"], progress=False)
+    stages = store.manifest()["stages"]
+    assert sorted(stages) == ["embed_train", "index"]
+    emb_file = stages["embed_train"]["files"]["emb"]
+    with pytest.raises(ValueError, match="already has fresh training embeddings"):
+        gmv.plan_train_shards(ds, key, 2)
+    # the generated side reuses the assembled training embeddings and index
+    run_generated(ds, key)
+    assert store.manifest()["stages"]["embed_train"]["files"]["emb"] == emb_file
+    check_equal(ds, key, ref)
+    gmv.delete_run(ds, key)
+
+
+def test_killed_training_shard_is_retried_alone(ds, ref):
+    key = "tkill"
+    gmv.init_valuation(ds.match_tags("train"), ds.match_tags("generated"), key=key, **options())
+    plan = gmv.plan_train_shards(ds, key, 2, progress=False)
+    pid = plan["plan_id"]
+    gmv.compute_shard(ds, key, pid, 0)
+    done0 = os.path.join(gmvstore.RunStore(ds, key).dir, "shards", pid, "shard_0", "done.json")
+    with open(done0) as f:
+        record0 = f.read()
+    rc, err = child_shard(ds, key, pid, 1, {"GMV_CRASH_AT": "train_shard.embedded"})
+    assert rc == CRASH_EXIT_CODE, err
+    with pytest.raises(gmvshards.ShardsNotDoneError, match=r"Shards \[1\] of 2 "):
+        gmv.reduce_shards(ds, key, pid)
+    status = gmv.shard_status(ds, key)
+    assert status["side"] == "train" and status["done"] == [0] and status["pending"] == [1]
+    assert gmvstore.RunStore(ds, key).manifest()["stages"] == {}  # the run is untouched
+    # the killed shard alone is redone (shard 0 is not touched), from the App's operator
+    res = foo.execute_operator(URI + "compute_gmv_shard", ctx=dict(
+        dataset=ds.name, params={"run_key": key, "plan_id": pid, "shard": 1}))
+    assert res.error is None and res.result["rows"] == list(plan["shards"][1]), res.error
+    with open(done0) as f:
+        assert f.read() == record0
+    gmv.reduce_shards(ds, key, pid, progress=False)
+    with pytest.raises(gmvshards.PlanReducedError):
+        gmv.compute_shard(ds, key, pid, 1)
+    run_generated(ds, key, 3)
+    check_equal(ds, key, ref)
+    gmv.delete_run(ds, key)
+
+
+def test_training_plan_is_refused_for_a_brain_index_and_stale_after_a_model_change(ds, ref):
+    key = "tstale"
+    gmv.init_valuation(ds.match_tags("train"), ds.match_tags("generated"), key=key, **options())
+    plan = gmv.plan_train_shards(ds, key, 2, progress=False)
+    gmv.init_valuation(ds.match_tags("train"), ds.match_tags("generated"), key=key, overwrite=True,
+                       **dict(options(), model=gmv.PixelEmbedder(size=8)))
+    with pytest.raises(ValueError, match="no live shard plan|changed since its training shards"):
+        gmv.compute_shard(ds, key, plan["plan_id"], 0)
+    gmv.delete_run(ds, key)
