@@ -307,3 +307,42 @@ def test_training_plan_is_refused_for_a_brain_index_and_stale_after_a_model_chan
     with pytest.raises(ValueError, match="no live shard plan|changed since its training shards"):
         gmv.compute_shard(ds, key, plan["plan_id"], 0)
     gmv.delete_run(ds, key)
+
+
+# --- index="brain" --------------------------------------------------------------
+
+
+def test_sharded_brain_run_equals_single_process(ds):
+    """Shards recall through a FiftyOne Brain index (sklearn backend) and
+    embed their queries from the index's field, like a single process."""
+    import fiftyone.brain as fob
+
+    ds.compute_embeddings(gmv.PixelEmbedder(size=16, mode="L"), embeddings_field="shemb", progress=False)
+    fob.compute_similarity(ds.match_tags("train"), embeddings="shemb", brain_key="shbk",
+                           backend="sklearn", progress=False)
+    opts = dict(model=None, embeddings_field="shemb", index="brain", k=5, rerank="l2", quality="none",
+                temperature="auto", index_params={"brain_key": "shbk", "batch_size": 512})
+    try:
+        gmv.compute_values(ds.match_tags("train"), ds.match_tags("generated"), key="bsingle",
+                           progress=False, **opts)
+        brain_ref = snapshot(ds, "bsingle")
+        assert brain_ref["config"]["index_params"]["backend"] == "sklearn"
+        gmv.init_valuation(ds.match_tags("train"), ds.match_tags("generated"), key="bsh", **opts)
+        # the Brain index holds the training vectors: nothing to shard there
+        with pytest.raises(ValueError, match="Brain index 'shbk'.*no training embeddings to shard"):
+            gmv.plan_train_shards(ds, "bsh", 2)
+        plan = gmv.plan_shards(ds, "bsh", 3, progress=False)
+        # shards hold whole query batches of the Brain searcher (512 here)
+        assert plan["shards"] == [(0, 1024), (1024, 2048), (2048, N_GEN)]
+        for i in (2, 0, 1):
+            gmv.compute_shard(ds, "bsh", plan["plan_id"], i)
+        gmv.reduce_shards(ds, "bsh", plan["plan_id"], progress=False)
+        snap = snapshot(ds, "bsh")
+        assert snap == brain_ref, diff(snap, brain_ref)
+        assert gmv.load_results(ds, "bsh").index_type == "brain"
+    finally:
+        for key in ("bsingle", "bsh"):
+            if key in gmv.list_runs(ds):
+                gmv.delete_run(ds, key)
+        ds.delete_brain_run("shbk")
+        ds.delete_sample_field("shemb")
