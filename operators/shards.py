@@ -34,7 +34,20 @@ def compute_sharded(ctx, train, generated, kwargs):
         progress=c.progress(ctx, "GMValuator %r (planning shards)" % kwargs["key"]), **kwargs)
     return {"key": kwargs["key"], "plan_id": plan["plan_id"], "num_shards": plan["num_shards"],
             "summary": "Queued %d shard operations and a reduce (plan %s). Start `fiftyone "
-            "delegated launch` workers to run them." % (plan["num_shards"], plan["plan_id"])}
+            "delegated launch` workers to run them; *GMValuator: compute one shard* shows their "
+            "progress, and the values appear when the reduce has run (reload the page)."
+            % (plan["num_shards"], plan["plan_id"])}
+
+
+def queued_output(ctx):
+    """The output of a compute form that queued shards: what was queued and
+    how to follow it (no report yet: the reduce writes the values)."""
+    outputs = types.Object()
+    outputs.str("key", label="Run")
+    outputs.str("plan_id", label="Shard plan")
+    outputs.int("num_shards", label="Shards")
+    outputs.str("summary", label="Summary", view=types.MarkdownView())
+    return types.Property(outputs, view=types.View(label="GMValuator: shards queued"))
 
 
 def add_plan(inputs, ctx):
