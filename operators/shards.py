@@ -18,6 +18,12 @@ def add_shards(inputs, ctx):
                "delegated operation, then one reduce; every `fiftyone delegated launch` worker "
                "needs the same database, plugins directory and GMV_RUNS_DIR. A shard holds "
                "whole blocks of at least %d generated samples; 1 = one process" % gmvshards.ALIGN)
+    n = c.param(ctx, "shards", 1)
+    if isinstance(n, int) and n > 1:
+        inputs.int("train_shards", min=1, default=1, label="Training shards",
+                   description="Also embed the training samples in this many shards (delegated "
+                   "operations whose reduce builds the index, then queues the generated shards); "
+                   "1 = the training side is computed here, before the shards are queued")
 
 
 def num_shards(ctx):
@@ -29,14 +35,18 @@ def num_shards(ctx):
 
 def compute_sharded(ctx, train, generated, kwargs):
     """Plans the shards of a new run and queues them with the reduce."""
+    train_shards = c.param(ctx, "train_shards", 1)
+    if not isinstance(train_shards, int) or train_shards < 1:
+        raise ValueError("train_shards must be an integer >= 1; got %r" % (train_shards,))
     plan = gmvshards.compute_values_sharded(
-        train, generated, shards=num_shards(ctx),
+        train, generated, shards=num_shards(ctx), train_shards=train_shards if train_shards > 1 else None,
         progress=c.progress(ctx, "GMValuator %r (planning shards)" % kwargs["key"]), **kwargs)
     return {"key": kwargs["key"], "plan_id": plan["plan_id"], "num_shards": plan["num_shards"],
-            "summary": "Queued %d shard operations and a reduce (plan %s). Start `fiftyone "
+            "summary": "Queued %d %sshard operations and a reduce (plan %s). Start `fiftyone "
             "delegated launch` workers to run them; *GMValuator: compute one shard* shows their "
             "progress, and the values appear when the reduce has run (reload the page)."
-            % (plan["num_shards"], plan["plan_id"])}
+            % (plan["num_shards"], "training " if plan["plan_id"].startswith(gmvshards.TRAIN_PREFIX) else "",
+               plan["plan_id"])}
 
 
 def queued_output(ctx):

@@ -76,7 +76,11 @@ def test_sharded_run_from_the_compute_form(app_url, page, ds):
     assert shards.input_value() == "1"  # one process unless asked
     modal.get_by_text("whole blocks of at least 1024 generated samples").first.wait_for()
     shards.fill("2")
-    shards.scroll_into_view_if_needed()
+    # more than one shard offers training shards too (1: the training side is computed here)
+    train_shards = browser.form_field(modal, "Training shards")
+    train_shards.wait_for(state="attached", timeout=15_000)
+    assert train_shards.input_value() == "1"
+    train_shards.scroll_into_view_if_needed()
     screenshot(page, "shards-01-compute-form")
     execute = modal.get_by_role("button", name="Execute", exact=True)
     with page.expect_response(lambda r: "/operators/execute" in r.url, timeout=300_000) as info:

@@ -346,3 +346,48 @@ def test_sharded_brain_run_equals_single_process(ds):
                 gmv.delete_run(ds, key)
         ds.delete_brain_run("shbk")
         ds.delete_sample_field("shemb")
+
+
+def test_delegated_workers_shard_both_sides(ds, ref):
+    """compute_values_sharded(train_shards=2): training shards, their reduce
+    (which stores the embeddings, builds the index and queues the generated
+    side), generated shards and the final reduce, all on two workers."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    svc = DelegatedOperationService()
+    out = gmv.compute_values_sharded(ds.match_tags("train"), ds.match_tags("generated"), key="both",
+                                     shards=2, train_shards=2, progress=False, **options())
+    assert out["plan_id"].startswith("train-") and out["num_shards"] == 2
+    assert gmvstore.RunStore(ds, "both").manifest()["stages"] == {}  # nothing computed here
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cli = os.path.join(os.path.dirname(sys.executable), "fiftyone")
+    workers = [subprocess.Popen([cli, "delegated", "launch"], env=env, cwd=str(ROOT),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+
+    def finish(ids, deadline):
+        while time.time() < deadline:
+            docs = [svc.get(_oid(i)) for i in ids]
+            if all(d.run_state in ("completed", "failed") for d in docs):
+                break
+            time.sleep(0.5)
+        assert [d.run_state for d in docs] == ["completed"] * len(ids), [(d.label, d.result) for d in docs]
+        return docs
+
+    try:
+        deadline = time.time() + 300
+        docs = finish(out["shard_operations"] + [out["reduce_operation"]], deadline)
+        assert all(d.result.result["rows"] for d in docs[:2])
+        nxt = docs[-1].result.result
+        assert nxt["num_shards"] == 2 and not nxt["plan_id"].startswith("train-")
+        finish(nxt["shard_operations"] + [nxt["reduce_operation"]], deadline)
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            try:
+                w.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                w.kill()
+    check_equal(ds, "both", ref)
+    gmv.delete_run(ds, "both")
