@@ -626,9 +626,13 @@ def reduce_shards(samples, key, plan_id, wait=0, compute_missing=False, progress
             if current.digest != plan["side_digest"]:
                 raise ValueError("The training samples of run %r changed since its shards were "
                                  "planned; plan again" % key)
-            _assemble_train(valuation, dataset, key, plan)
-            valuation._stage_index(progress=gmvp._stage_progress(progress, "index"))
-            results = valuation.commit(lock, reused=[])
+            if valuation.entry("embed_train") is not None and valuation.entry("index") is not None:
+                # a reduce killed after its commit: only the plan is left to retire
+                results = gmvruns.load_results(dataset, key)
+            else:
+                _assemble_train(valuation, dataset, key, plan)
+                valuation._stage_index(progress=gmvp._stage_progress(progress, "index"))
+                results = valuation.commit(lock, reused=[])
             crashpoint("train_shards.reduced")
         else:
             if valuation._gen_read.digest != plan["gen_digest"]:

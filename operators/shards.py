@@ -75,8 +75,9 @@ def add_plan(inputs, ctx):
             label="Run %r has no shard plan: compute values with several shards first" % key))
         return None
     inputs.str("plan_id", default=status["plan_id"], required=True, label="Shard plan")
-    inputs.view("plan_status", types.Notice(label="%d shards: done %s, running %s, pending %s" % (
-        status["num_shards"], status["done"], status["running"], status["pending"])))
+    inputs.view("plan_status", types.Notice(label="%s side, %d shards: done %s, running %s, pending %s" % (
+        "Training" if status["side"] == "train" else "Generated", status["num_shards"],
+        status["done"], status["running"], status["pending"])))
     return status
 
 

@@ -391,3 +391,31 @@ def test_delegated_workers_shard_both_sides(ds, ref):
                 w.kill()
     check_equal(ds, "both", ref)
     gmv.delete_run(ds, "both")
+
+
+def test_killed_training_reduce_leaves_the_run_before_or_after(ds, ref):
+    key = "tkred"
+    gmv.init_valuation(ds.match_tags("train"), ds.match_tags("generated"), key=key, **options())
+    plan = gmv.plan_train_shards(ds, key, 2, progress=False)
+    for i in range(2):
+        gmv.compute_shard(ds, key, plan["plan_id"], i)
+    before = snapshot(ds, key)
+    # killed before its commit (embeddings and index pending): the run as planned
+    rc, err = child_reduce(ds, key, plan["plan_id"], "stage.index")
+    assert rc == CRASH_EXIT_CODE, err
+    gmvstore.recover_if_free(ds, key)
+    assert snapshot(ds, key) == before
+    status = gmv.shard_status(ds, key)
+    assert status["side"] == "train" and status["done"] == [0, 1]
+    # killed inside its commit: completed by the next reader
+    rc, err = child_reduce(ds, key, plan["plan_id"], "commit.merged")
+    assert rc == CRASH_EXIT_CODE, err
+    gmvstore.recover_if_free(ds, key)
+    stages = gmvstore.RunStore(ds, key).manifest()["stages"]
+    assert sorted(stages) == ["embed_train", "index"]
+    gmv.reduce_shards(ds, key, plan["plan_id"])  # retires the plan, changes nothing
+    assert gmvstore.RunStore(ds, key).manifest()["stages"] == stages
+    assert gmv.shard_status(ds, key) is None
+    run_generated(ds, key)
+    check_equal(ds, key, ref)
+    gmv.delete_run(ds, key)
