@@ -155,13 +155,13 @@ def image_statistics(images):
         stack = np.stack([items[i] for i in rows]) if not isinstance(items, np.ndarray) else items[rows]
         if len(stack) and len(shape) != 2:
             raise ValueError("image_statistics takes grayscale (H, W) images; got shape %s" % (shape,))
-        x = stack.astype(np.float64)
-        if stack.dtype == np.uint8:
-            x /= 255.0
-        else:  # 8-bit levels, as images on disk have
-            x = np.round(np.clip(x, 0.0, 1.0) * 255.0) / 255.0
-        for s in range(0, len(rows), 2048):
-            out[rows[s : s + 2048]] = _statistics_same_size(x[s : s + 2048])
+        for s in range(0, len(rows), 2048):  # float64 copies only per block
+            x = stack[s : s + 2048].astype(np.float64)
+            if stack.dtype == np.uint8:
+                x /= 255.0
+            else:  # 8-bit levels, as images on disk have
+                x = np.round(np.clip(x, 0.0, 1.0) * 255.0) / 255.0
+            out[rows[s : s + 2048]] = _statistics_same_size(x)
     return out
 
 
@@ -234,6 +234,7 @@ def truth_columns(
     gen_images=None,
     train_emb=None,
     gen_emb=None,
+    gen_neighbours=None,
     copy_threshold=gmvc.COPY_THRESHOLD,
     margin=ANOMALY_MARGIN,
     weight=ANOMALY_WEIGHT,
@@ -256,6 +257,8 @@ def truth_columns(
         train_images, gen_images (None): the images instead of paths
         train_emb, gen_emb (None): ``(n, D)`` / ``(m, D)`` embeddings, used
             only when images are missing
+        gen_neighbours (None): exact ``(distances, indices)`` of ``gen_emb``
+            among ``train_emb`` when known (see :func:`gmv_plugin.copies.copy_scores`)
         copy_threshold (0.45): ``is_copy = copy_score >= copy_threshold``
         margin (0.5), weight (4.0): see :func:`cleansing_scores`
 
@@ -289,7 +292,8 @@ def truth_columns(
     else:
         train_desc = None
     if train_desc is not None and n >= 3:
-        cs = gmvc.copy_scores(gen_desc, gen_flip, train_desc)
+        known = gen_neighbours if gen_flip is None else None
+        cs = gmvc.copy_scores(gen_desc, gen_flip, train_desc, neighbours=known)
         copy_score, copy_of = cs["copy_score"], cs["nearest"]
     else:
         m = len(gen_images) if gen_images is not None else (len(gen_emb) if gen_emb is not None else 0)

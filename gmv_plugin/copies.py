@@ -128,34 +128,45 @@ def read_gray(paths, max_side=64):
     return out
 
 
-def nearest(queries, base, k=1, exclude_self=False):
-    """Exact Euclidean nearest neighbours of ``queries`` among ``base`` (FAISS flat).
+def nearest(queries, base, k=1, exclude_self=False, rows=None, block_mb=64):
+    """Exact Euclidean nearest neighbours of ``queries`` among ``base`` (FAISS
+    brute force over blocks of ``base`` of at most ``block_mb``, so memory
+    does not grow with ``base``, which may be a ``.npy`` memmap).
 
-    With ``exclude_self`` (queries are ``base``), each row's own index is skipped.
+    With ``exclude_self``, each query's own row of ``base`` is skipped: query
+    ``i`` is row ``rows[i]`` (default: ``i``, i.e. the queries are ``base``).
 
     Returns:
         ``(distances (n, k) float32, indices (n, k) int64)``
     """
     import faiss
 
-    index = faiss.IndexFlatL2(base.shape[1])
-    index.add(np.ascontiguousarray(base, dtype=np.float32))
-    kk = k + 1 if exclude_self else k
-    d2, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), kk)
+    from gmv_plugin import arrays
+
+    kk = min(k + 1 if exclude_self else k, len(base))
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    block = max(kk, int(block_mb * 2**20 // max(1, 4 * base.shape[1])))
+    heap = faiss.ResultHeap(len(queries), kk)
+    for start, rows_ in arrays.iter_rows(base, block):
+        d2, idx = faiss.knn(queries, rows_, min(kk, len(rows_)))
+        heap.add_result(np.ascontiguousarray(d2), np.ascontiguousarray(idx + start))
+    heap.finalize()
+    d2, idx = heap.D, heap.I
     d = np.sqrt(np.maximum(d2, 0))
     if exclude_self:
-        keep = idx != np.arange(len(queries))[:, None]
+        own = np.arange(len(queries)) if rows is None else np.asarray(rows)
+        keep = idx != own[:, None]
         # drop the self match (or the last column when a duplicate took its place)
         first = np.argmin(keep, axis=1)
         drop = np.where(keep.all(axis=1), kk - 1, first)
         mask = np.ones_like(keep)
         mask[np.arange(len(queries)), drop] = False
-        d = d[mask].reshape(len(queries), k)
-        idx = idx[mask].reshape(len(queries), k)
+        d = d[mask].reshape(len(queries), kk - 1)
+        idx = idx[mask].reshape(len(queries), kk - 1)
     return d.astype(np.float32), idx.astype(np.int64)
 
 
-def copy_scores(gen_desc, gen_desc_flipped, train_desc):
+def copy_scores(gen_desc, gen_desc_flipped, train_desc, neighbours=None):
     """Copy scores of generated images from their descriptors.
 
     With ``d1`` and ``d2`` the distances from a generated image to its nearest
@@ -174,20 +185,26 @@ def copy_scores(gen_desc, gen_desc_flipped, train_desc):
         gen_desc_flipped: ``(m, D)`` descriptors of the mirrored generated
             images, or None to ignore mirroring
         train_desc: ``(n, D)`` descriptors of the training images, ``n >= 3``
+        neighbours (None): the exact ``(distances, indices)`` of ``gen_desc``
+            among ``train_desc`` when already known (at least
+            :data:`DUPLICATE_LOOKAHEAD` columns), e.g. a flat index's recall
 
     Returns:
         a dict with ``copy_score`` (float64 ``(m,)``, at least
         :data:`COPY_SCORE_FLOOR`), ``nearest`` (int64
         ``(m,)``: the closest training row), ``distance`` (float32 ``(m,)``:
         ``d1``), ``flipped`` (bool ``(m,)``: the mirrored image matched
-        closer) and ``train_nn`` (float32 ``(n,)``: each training image's own
-        nearest-neighbour distance ``r``)
+        closer) and ``train_nn`` (float32 ``(m,)``: ``r`` of the closest
+        training image)
     """
     if len(train_desc) < 3:
         raise ValueError("copy scores need at least 3 training images; got %d" % len(train_desc))
     train_desc = np.asarray(train_desc, dtype=np.float32)
     kk = min(DUPLICATE_LOOKAHEAD, len(train_desc))
-    d, idx = nearest(gen_desc, train_desc, kk)
+    if neighbours is not None and np.shape(neighbours[1])[1] >= kk:
+        d, idx = (np.asarray(a)[:, :kk] for a in neighbours)
+    else:
+        d, idx = nearest(gen_desc, train_desc, kk)
     if gen_desc_flipped is not None:
         df, idf = nearest(gen_desc_flipped, train_desc, kk)
         flipped = df[:, 0] < d[:, 0]
@@ -200,10 +217,13 @@ def copy_scores(gen_desc, gen_desc_flipped, train_desc):
     # d2 is the distance to the nearest training image that differs from it
     same = np.linalg.norm(train_desc[idx] - train_desc[j][:, None], axis=2) <= 1e-6
     d2 = _first_where(d, ~same)
-    td, _ = nearest(train_desc, train_desc, kk - 1, exclude_self=True)
-    tnn = _first_where(td, td > 1e-6)
+    # r only for the training images that are some generated image's nearest
+    # (a search of the whole training set against itself grows as N^2)
+    rows, inverse = np.unique(j, return_inverse=True)
+    td, _ = nearest(train_desc[rows], train_desc, kk - 1, exclude_self=True, rows=rows)
+    tnn = _first_where(td, td > 1e-6)[inverse.reshape(-1)]
     d1 = d[:, 0].astype(np.float64)
-    unit = np.minimum(tnn[j].astype(np.float64), d2.astype(np.float64))
+    unit = np.minimum(tnn.astype(np.float64), d2.astype(np.float64))
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(unit > 0, d1 / np.where(unit > 0, unit, 1.0), np.where(d1 > 0, np.inf, 0.0))
     return {

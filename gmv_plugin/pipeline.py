@@ -372,7 +372,8 @@ class Valuation(object):
         self._staged = None
         self.train_view = gmvruns.train_view(dataset, config)
         self.generated_view = gmvruns.generated_view(dataset, config)
-        stat = self._needs_images()
+        self.reads_images = self._needs_images()
+        stat = self.reads_images
         self.train = self._resolve("embed_train", SampleSet.read(self.train_view, "training", stat))
         self._gen_read = SampleSet.read(self.generated_view, "generated", stat)
         self.gen = self._resolve("embed_generated", self._gen_read)
@@ -746,20 +747,27 @@ class Valuation(object):
 
     def _truth_columns(self, values):
         """Cleansing scores and copy flags (:func:`gmv_plugin.cleansing.truth_columns`)
-        of the alive samples, from their images; from the embeddings when some
-        image files are gone. Returns ``(columns, "images" | "embeddings")``."""
+        of the alive samples, from their images when the run reads images
+        (not from an embeddings field alone), else from the embeddings.
+        Returns ``(columns, "images" | "embeddings")``."""
         train_rows, gen_rows = self.train.alive_rows(), self.gen.alive_rows()
-        train_paths, gen_paths = self.train.paths[train_rows], self.gen.paths[gen_rows]
-        if all(os.path.isfile(p) for p in train_paths) and all(os.path.isfile(p) for p in gen_paths):
+        if self.reads_images:  # every file existed when the samples were read
             try:
                 return gmvcl.truth_columns(
-                    values[train_rows], train_paths=train_paths.tolist(), gen_paths=gen_paths.tolist()
+                    values[train_rows], train_paths=self.train.paths[train_rows].tolist(),
+                    gen_paths=self.gen.paths[gen_rows].tolist(),
                 ), "images"
             except ImageReadError as e:
                 logger.warning("Run %r: cleansing and copy flags from embeddings: %s", self.key, e)
-        train_emb = np.asarray(self._array("embed_train", "emb")[train_rows])
+        train_emb = self._array("embed_train", "emb")
+        neighbours = None
+        if self.train.alive is not None:
+            train_emb = gmvarrays.gather_rows(train_emb, train_rows)
+        elif self.entry("index").get("index_type") == "flat":  # exact: no second search
+            neighbours = tuple(self._array("recall", a, mmap=False)[gen_rows] for a in ("dists", "idx"))
         gen_emb = np.asarray(self._array("embed_generated", "emb")[gen_rows])
-        return gmvcl.truth_columns(values[train_rows], train_emb=train_emb, gen_emb=gen_emb), "embeddings"
+        return gmvcl.truth_columns(values[train_rows], train_emb=train_emb, gen_emb=gen_emb,
+                                   gen_neighbours=neighbours), "embeddings"
 
     def _stage_fields(self, out, dists, idx, q, progress, truth):
         train_rows = self.train.alive_rows()

@@ -82,6 +82,20 @@ def test_copy_scores_and_flags_hand_case():
         gmvc.copy_scores(gen, None, train[:2])
 
 
+def test_copy_scores_from_known_neighbours_and_blocks_equal_one_search(tmp_path):
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(3000, 16)).astype(np.float32)
+    gen = np.concatenate([train[:20] + 0.01, rng.normal(size=(30, 16)).astype(np.float32)])
+    np.save(tmp_path / "t.npy", train)
+    mm = np.load(tmp_path / "t.npy", mmap_mode="r")
+    plain = gmvc.copy_scores(gen, None, train)
+    d, idx = gmvc.nearest(gen, mm, 50, block_mb=0.01)  # 160-row blocks, as a recall would give
+    known = gmvc.copy_scores(gen, None, mm, neighbours=(d, idx))
+    for name in ("copy_score", "nearest", "train_nn"):
+        np.testing.assert_allclose(known[name], plain[name], rtol=1e-5)
+    assert (plain["copy_score"][:20] > 0.9).all()
+
+
 def test_copies_of_duplicated_training_images_are_still_copies():
     rng = np.random.default_rng(2)
     train = rng.normal(size=(40, 8)).astype(np.float32)
@@ -248,16 +262,19 @@ def test_pipeline_without_image_files_uses_the_value_alone(mnist, tmp_path):
         from PIL import Image
 
         ds.set_values("emb", dict(zip(ids, [emb.embed(np.asarray(Image.open(p))) for p in paths])), key_field="id")
+        tv, gv = ds.match_tags("train"), ds.match_tags("generated")
+        from gmv_plugin.store import RunStore
+
+        # a run from an embeddings field reads no images, even where they exist
+        gmv.compute_values(tv, gv, key="f", model=None, embeddings_field="emb", k=5, progress=False)
+        assert RunStore(ds, "f").manifest()["stages"]["values"]["truth"]["source"] == "embeddings"
         for p in ds.match_tags("train").values("filepath")[:3]:
             os.remove(p)  # some training files are gone: the pixels can't be read
-        tv, gv = ds.match_tags("train"), ds.match_tags("generated")
         gmv.compute_values(tv, gv, key="e", model=None, embeddings_field="emb", k=5, progress=False)
         values, cleansing = tv.values(["e_value", "e_cleansing"])
         np.testing.assert_allclose(cleansing, gmvcl.cleansing_scores(np.array(values)))
         is_copy, score = gv.values(["e_is_copy", "e_copy_score"])
         assert is_copy[-1] and not any(is_copy[:-1])  # the exact copy, found on embeddings
-        from gmv_plugin.store import RunStore
-
         assert RunStore(ds, "e").manifest()["stages"]["values"]["truth"]["source"] == "embeddings"
         with_images = gmvcl.truth_columns(np.array(values[3:]), train_images=train[3:])["train"]["cleansing"]
         assert not np.allclose(with_images, gmvcl.cleansing_scores(np.array(values[3:])))  # images would change it
