@@ -626,12 +626,17 @@ def reduce_shards(samples, key, plan_id, wait=0, compute_missing=False, progress
             if current.digest != plan["side_digest"]:
                 raise ValueError("The training samples of run %r changed since its shards were "
                                  "planned; plan again" % key)
-            if valuation.entry("embed_train") is not None and valuation.entry("index") is not None:
+            fp = valuation._fingerprints()
+            committed = valuation.manifest["stages"]
+            if all(committed.get(p, {}).get("fingerprint") == fp[p] for p in ("embed_train", "index")):
                 # a reduce killed after its commit: only the plan is left to retire
                 results = gmvruns.load_results(dataset, key)
             else:
-                _assemble_train(valuation, dataset, key, plan)
-                valuation._stage_index(progress=gmvp._stage_progress(progress, "index"))
+                # what a killed reduce left pending (sealed files) is reused
+                if valuation.entry("embed_train") is None:
+                    _assemble_train(valuation, dataset, key, plan)
+                if valuation.entry("index") is None:
+                    valuation._stage_index(progress=gmvp._stage_progress(progress, "index"))
                 results = valuation.commit(lock, reused=[])
             crashpoint("train_shards.reduced")
         else:
