@@ -74,7 +74,7 @@ def test_sharded_run_from_the_compute_form(app_url, page, ds):
     shards = browser.form_field(modal, SHARDS)
     shards.wait_for(state="attached", timeout=15_000)
     assert shards.input_value() == "1"  # one process unless asked
-    modal.get_by_text("whole blocks of at least 1024 generated samples").first.wait_for()
+    modal.get_by_text("whole blocks of at least 1024 generated samples").first.wait_for(timeout=60_000)
     shards.fill("2")
     # more than one shard offers training shards too (1: the training side is computed here)
     train_shards = browser.form_field(modal, "Training shards")
@@ -90,14 +90,14 @@ def test_sharded_run_from_the_compute_form(app_url, page, ds):
     out = body["result"]
     assert out["num_shards"] == 2 and "Queued 2 shard operations and a reduce" in out["summary"]
     page.locator(MODAL).get_by_text("GMValuator: shards queued").wait_for(timeout=30_000)
-    page.locator(MODAL).get_by_text("compute one shard").first.wait_for()
+    page.locator(MODAL).get_by_text("compute one shard").first.wait_for(timeout=60_000)
     assert page.locator("img[alt='value histogram']").count() == 0  # no report before the reduce
     screenshot(page, "shards-02-queued")
 
     # before any worker runs: the shard form shows the plan's progress
     page.keyboard.press("Escape")
     modal = _form(page, "GMValuator: compute one shard")
-    modal.get_by_text("2 shards: done [], running [], pending [0, 1]").wait_for(timeout=30_000)
+    modal.get_by_text("2 shards: done [], running [], pending [0, 1]").wait_for(timeout=60_000)
     execute = modal.get_by_role("button", name="Execute", exact=True)
     page.wait_for_function("el => !el.disabled", arg=execute.element_handle(), timeout=30_000)
     assert browser.form_field(modal, "Shard").input_value() == "0"
@@ -131,5 +131,5 @@ def test_sharded_run_from_the_compute_form(app_url, page, ds):
     # the App shows the written values: sort the grid by them
     page.reload()
     wait_for_grid(page, 12)
-    page.get_by_text(KEY + "_value").first.wait_for(timeout=30_000)
+    page.get_by_text(KEY + "_value").first.wait_for(timeout=60_000)
     screenshot(page, "shards-04-values-in-app", full_page=True)
