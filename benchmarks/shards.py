@@ -9,9 +9,16 @@ the single one bit for bit (every array file of the run and every field),
 and reports wall times, per-shard and reduce times, beside a bare numpy +
 FAISS computation of the same values on the same images.
 
-    .venv/bin/python -m benchmarks.shards [--train 20000] [--generated 16384]
+    .venv/bin/python -m benchmarks.shards [--train 20000] [--generated 16384] \
+        [--repeats 1] [--pngs DIR]
 
-Adds its figures to the runs in benchmarks/results/shards.json.
+``--pngs`` (or ``GMV_SCALE_PNG_DIR``) reads the scale benchmark's PNGs
+(``benchmarks/.cache/scale/png`` of a checkout that ran ``benchmarks.scale``;
+never written here) instead of writing its own; the issue's size is
+``--train 100000 --generated 10000``. Each run (about 12-14 minutes at that
+size on 2 loaded cores) adds its figures, with the load average at each
+start and the medians of its repeats, to its setting in
+benchmarks/results/shards.json.
 """
 
 import argparse
