@@ -419,3 +419,36 @@ def test_killed_training_reduce_leaves_the_run_before_or_after(ds, ref):
     run_generated(ds, key)
     check_equal(ds, key, ref)
     gmv.delete_run(ds, key)
+
+
+def test_training_shards_with_colour_images_in_one_shard(tmp_path):
+    """``"auto"`` pixel embeddings: a shard of grayscale images is converted
+    to RGB when another shard holds colour images, as one process converts
+    its grayscale rows; the stored embeddings are the same bits."""
+    import numpy as np
+
+    images, _ = load_mnist(260)
+    rng = np.random.default_rng(0)
+    gray = write_pngs(images[:150], tmp_path, prefix="gray")
+    colour = write_pngs([np.stack([im, rng.integers(0, 255, im.shape, dtype=np.uint8), im], -1)
+                         for im in images[150:]], tmp_path, prefix="colour")
+    dataset = fo.Dataset("gmv-shards-colour", overwrite=True)
+    dataset.add_samples([fo.Sample(filepath=p, tags=["generated" if i >= 210 else "train"])
+                         for i, p in enumerate(gray + colour)], progress=False)
+    opts = dict(model=gmv.PixelEmbedder(size=16), k=5, rerank="none", quality="none")
+    try:
+        train, gen = dataset.match_tags("train"), dataset.match_tags("generated")
+        gmv.compute_values(train, gen, key="one", progress=False, **opts)
+        gmv.init_valuation(train, gen, key="sh", **opts)
+        plan = gmv.plan_train_shards(dataset, "sh", 3)
+        # shard 0 is all grayscale, shard 2 all colour
+        assert plan["shards"] == [(0, 64), (64, 128), (128, 210)]
+        dims = [gmv.compute_shard(dataset, "sh", plan["plan_id"], i)["dim"] for i in range(3)]
+        assert dims == [256, 256, 768]
+        gmv.reduce_shards(dataset, "sh", plan["plan_id"])
+        run_generated(dataset, "sh", 1)
+        snap, one = snapshot(dataset, "sh"), snapshot(dataset, "one")
+        assert snap["arrays"]["embed_train"] == one["arrays"]["embed_train"]
+        assert snap == one, diff(snap, one)
+    finally:
+        dataset.delete()
