@@ -156,11 +156,11 @@ def _prepare(train_view, generated_view, key, overwrite, params, generated_added
     """Validates everything before any work; returns an unregistered
     :class:`Valuation`."""
     dataset = train_view._root_dataset
-    train_ids, gen_ids = _validate_views(train_view, generated_view)
+    sides = _validate_views(train_view, generated_view)
     gmvval.check_key(dataset, key, overwrite=overwrite)
     p = params
     gmvval.check_params(
-        n_train=len(train_ids), k=p["k"], recall_k=p["recall_k"], temperature=p["temperature"],
+        n_train=len(sides[0][0]), k=p["k"], recall_k=p["recall_k"], temperature=p["temperature"],
         index=p["index"], index_params=p["index_params"], rerank=p["rerank"],
         rerank_params=p["rerank_params"], quality=p["quality"], quality_params=p["quality_params"],
         batch_size=p["batch_size"], embeddings_field=p["embeddings_field"], progress=progress,
@@ -198,7 +198,10 @@ def _prepare(train_view, generated_view, key, overwrite, params, generated_added
         batch_size=int(p["batch_size"]),
         generated_added=list(generated_added or []),
     )
-    return Valuation(dataset, key, config=config, model=model, reranker=reranker, scorer=scorer)
+    # the run's generated view adds the samples of later updates to this one
+    sides = sides if not generated_added else (sides[0], None)
+    return Valuation(dataset, key, config=config, model=model, reranker=reranker, scorer=scorer,
+                     sides=sides)
 
 
 def _sweep():
@@ -272,25 +275,25 @@ def _quality_config(scorer):
 
 
 def _validate_views(train_view, generated_view):
-    """Checks the two sample sets; returns their ids."""
+    """Checks the two sample sets; returns their ``(ids, paths)``, read once."""
     if train_view._root_dataset is not generated_view._root_dataset:
         raise ValueError(
             "train_view and generated_view must come from the same dataset; got "
             "%r and %r" % (train_view._root_dataset.name, generated_view._root_dataset.name)
         )
-    train_ids = train_view.values("id")
-    if not train_ids:
+    train = train_view.values(["id", "filepath"])
+    if not train[0]:
         raise ValueError("train_view is empty")
-    gen_ids = generated_view.values("id")
-    if not gen_ids:
+    gen = generated_view.values(["id", "filepath"])
+    if not gen[0]:
         raise ValueError("generated_view is empty")
-    overlap = set(train_ids).intersection(gen_ids)
+    overlap = set(gen[0]).intersection(train[0])
     if overlap:
         raise ValueError(
             "%d samples are in both train_view and generated_view, e.g. %s"
             % (len(overlap), sorted(overlap)[:3])
         )
-    return train_ids, gen_ids
+    return train, gen
 
 
 def _digest(obj):
@@ -311,10 +314,11 @@ class SampleSet(object):
         self.digest = hashlib.sha1(np.sort(self.keys).tobytes()).hexdigest()
 
     @classmethod
-    def read(cls, view, what, stat=True):
-        """Reads ids and paths once; with ``stat``, every file must exist and
-        its size and mtime enter the keys (edited images count as changed)."""
-        ids, paths = view.values(["id", "filepath"])
+    def read(cls, view, what, stat=True, ids_paths=None):
+        """Reads ids and paths (unless given as ``ids_paths``); with ``stat``,
+        every file must exist and its size and mtime enter the keys (edited
+        images count as changed)."""
+        ids, paths = ids_paths if ids_paths is not None else view.values(["id", "filepath"])
         keys = np.empty(len(ids), dtype=np.uint64)
         missing = []
         for i, (sid, path) in enumerate(zip(ids, paths)):
@@ -358,7 +362,7 @@ class Valuation(object):
     :meth:`commit`.
     """
 
-    def __init__(self, dataset, key, config, model=None, reranker=None, scorer=None):
+    def __init__(self, dataset, key, config, model=None, reranker=None, scorer=None, sides=(None, None)):
         self.dataset = dataset
         self.key = key
         self.config = config
@@ -374,8 +378,8 @@ class Valuation(object):
         self.generated_view = gmvruns.generated_view(dataset, config)
         self.reads_images = self._needs_images()
         stat = self.reads_images
-        self.train = self._resolve("embed_train", SampleSet.read(self.train_view, "training", stat))
-        self._gen_read = SampleSet.read(self.generated_view, "generated", stat)
+        self.train = self._resolve("embed_train", SampleSet.read(self.train_view, "training", stat, sides[0]))
+        self._gen_read = SampleSet.read(self.generated_view, "generated", stat, sides[1])
         self.gen = self._resolve("embed_generated", self._gen_read)
 
     # inputs ----------------------------------------------------------------
@@ -749,9 +753,14 @@ class Valuation(object):
         """Cleansing scores and copy flags (:func:`gmv_plugin.cleansing.truth_columns`)
         of the alive samples, from their images when the run reads images
         (not from an embeddings field alone), else from the embeddings.
-        Returns ``(columns, "images" | "embeddings")``."""
+        Returns ``(columns, "images" | "embeddings" | "values")``: "values"
+        (no copy flags) for a Brain index's run whose image files are gone."""
         train_rows, gen_rows = self.train.alive_rows(), self.gen.alive_rows()
-        if self.reads_images:  # every file existed when the samples were read
+        stored = "emb" in self.entry("embed_train")["files"]  # not in a Brain index's run
+        images = self.reads_images or not stored and all(  # reads_images: every file was there
+            os.path.isfile(p) for side, rows in ((self.train, train_rows), (self.gen, gen_rows))
+            for p in side.paths[rows])
+        if images:
             try:
                 return gmvcl.truth_columns(
                     values[train_rows], train_paths=self.train.paths[train_rows].tolist(),
@@ -759,6 +768,8 @@ class Valuation(object):
                 ), "images"
             except ImageReadError as e:
                 logger.warning("Run %r: cleansing and copy flags from embeddings: %s", self.key, e)
+        if not stored:
+            return gmvcl.truth_columns(values[train_rows], gen_emb=np.zeros((len(gen_rows), 0))), "values"
         train_emb = self._array("embed_train", "emb")
         neighbours = None
         if self.train.alive is not None:

@@ -202,6 +202,9 @@ def staging_prefix(dataset, key):
     return "%s%s.%s." % (STAGING_PREFIX, dataset._root_dataset._doc.id, key)
 
 
+UNSET = "_gmv_unset"  # in a staging document: this run's fields the sample loses
+
+
 def stage_fields(dataset, key, parts, chunk=20_000):
     """Writes new field values of run ``key`` to a staging collection.
 
@@ -209,8 +212,9 @@ def stage_fields(dataset, key, parts, chunk=20_000):
         parts: a list of ``(ids, {suffix: values})``; each values sequence
             is aligned with ``ids`` (sample id strings)
 
-    Samples that hold fields of this key today but are in no part lose
-    those fields when the staging collection is merged.
+    A staging document holds a sample's new values as top-level fields and,
+    under :data:`UNSET`, the fields of this key the sample holds today but
+    its part does not write (all of them for samples in no part).
 
     Returns:
         the staging collection's name
@@ -218,26 +222,39 @@ def stage_fields(dataset, key, parts, chunk=20_000):
     name = staging_prefix(dataset, key) + uuid.uuid4().hex[:12]
     coll = _db()[name]
     names = gmvruns.all_field_names(key)
-    seen = set()
-    written = 0
+    held = _held_fields(dataset, names)
     for ids, columns in parts:
-        cols = [("%s_%s" % (key, s), _as_list(v)) for s, v in columns.items()]
+        fields = ["%s_%s" % (key, s) for s in columns]
+        written = set(fields)
+        cols = [_as_list(v) for v in columns.values()]
         for start in range(0, len(ids), chunk):
-            stop = min(start + chunk, len(ids))
             docs = []
-            for j in range(start, stop):
-                docs.append({"_id": ObjectId(ids[j]), "f": {n: v[j] for n, v in cols}})
+            for sid, *vals in zip(ids[start : start + chunk], *(c[start : start + chunk] for c in cols)):
+                doc = dict(zip(fields, vals))
+                doc["_id"] = oid = ObjectId(sid)
+                lose = held.pop(oid, None)
+                if lose:
+                    lose = [n for n in lose if n not in written]
+                    if lose:
+                        doc[UNSET] = lose
+                docs.append(doc)
             coll.insert_many(docs, ordered=False)
-            written += len(docs)
             crashpoint("fields.stage_chunk")
-        seen.update(ids)
-    stale = _samples_coll(dataset).find(
-        {"$or": [{n: {"$exists": True}} for n in names]}, {"_id": 1}
-    )
-    docs = [{"_id": d["_id"], "f": {}} for d in stale if str(d["_id"]) not in seen]
+    docs = [{"_id": oid, UNSET: lose} for oid, lose in held.items()]
     if docs:
         coll.insert_many(docs, ordered=False)
     return name
+
+
+def _held_fields(dataset, names):
+    """``{sample ObjectId: [names it holds]}`` for the samples holding any of ``names``."""
+    bits = {"$add": [{"$cond": [{"$eq": [{"$type": "$" + n}, "missing"]}, 0, 1 << i]}
+                     for i, n in enumerate(names)]}
+    cursor = _samples_coll(dataset).aggregate([
+        {"$match": {"$or": [{n: {"$exists": True}} for n in names]}},
+        {"$project": {"m": bits}},
+    ])
+    return {d["_id"]: [n for i, n in enumerate(names) if d["m"] >> i & 1] for d in cursor}
 
 
 def _as_list(values):
@@ -247,16 +264,23 @@ def _as_list(values):
 
 
 def _merge_staging(dataset, key, staging):
-    names = gmvruns.all_field_names(key)
-    new_values = {n: {"$ifNull": ["$$new.f." + n, "$$REMOVE"]} for n in names}
-    new_values["last_modified_at"] = "$$NOW"
+    """Applies a staging collection to the samples (idempotent): the removals
+    first, then the new values in one merge of whole documents."""
+    target = _samples_coll(dataset).name
+    keep = {"$not": [{"$in": ["$$f.k", "$$new." + UNSET]}]}
     _db()[staging].aggregate([
-        {"$merge": {
-            "into": _samples_coll(dataset).name,
-            "on": "_id",
-            "whenMatched": [{"$set": new_values}],
-            "whenNotMatched": "discard",
-        }}
+        {"$match": {UNSET: {"$exists": True}}},
+        {"$project": {UNSET: 1}},
+        {"$merge": {"into": target, "on": "_id", "whenNotMatched": "discard", "whenMatched": [
+            {"$replaceWith": {"$arrayToObject": {"$filter": {
+                "input": {"$objectToArray": "$$ROOT"}, "as": "f", "cond": keep}}}},
+            {"$set": {"last_modified_at": "$$NOW"}},
+        ]}},
+    ])
+    _db()[staging].aggregate([
+        {"$unset": UNSET},
+        {"$set": {"last_modified_at": "$$NOW"}},
+        {"$merge": {"into": target, "on": "_id", "whenMatched": "merge", "whenNotMatched": "discard"}},
     ])
 
 
