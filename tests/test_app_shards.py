@@ -67,6 +67,7 @@ def _stop(workers):
 def test_sharded_run_from_the_compute_form(app_url, page, ds):
     from bson import ObjectId
     from fiftyone.operators.delegated import DelegatedOperationService
+    from playwright.sync_api import expect
 
     page.goto(f"{app_url}/datasets/{ds.name}")
     wait_for_grid(page, 12)
@@ -99,7 +100,7 @@ def test_sharded_run_from_the_compute_form(app_url, page, ds):
     modal = _form(page, "GMValuator: compute one shard")
     modal.get_by_text("2 shards: done [], running [], pending [0, 1]").wait_for(timeout=60_000)
     execute = modal.get_by_role("button", name="Execute", exact=True)
-    page.wait_for_function("el => !el.disabled", arg=execute.element_handle(), timeout=30_000)
+    expect(execute).to_be_enabled(timeout=60_000)  # re-queried: the form re-renders as it resolves
     assert browser.form_field(modal, "Shard").input_value() == "0"
     screenshot(page, "shards-03-shard-status")
     page.keyboard.press("Escape")
