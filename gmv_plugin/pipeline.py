@@ -19,6 +19,7 @@ import shutil
 import time
 
 import numpy as np
+import pymongo.errors
 import fiftyone.core.utils as fou
 
 from gmv_plugin import arrays as gmvarrays
@@ -156,7 +157,7 @@ def _prepare(train_view, generated_view, key, overwrite, params, generated_added
     """Validates everything before any work; returns an unregistered
     :class:`Valuation`."""
     dataset = train_view._root_dataset
-    sides = _validate_views(train_view, generated_view)
+    sides = _validate_views(train_view, generated_view, field=params["embeddings_field"])
     gmvval.check_key(dataset, key, overwrite=overwrite)
     p = params
     gmvval.check_params(
@@ -274,17 +275,18 @@ def _quality_config(scorer):
     return scorer.config()
 
 
-def _validate_views(train_view, generated_view):
-    """Checks the two sample sets; returns their ``(ids, paths)``, read once."""
+def _validate_views(train_view, generated_view, field=None):
+    """Checks the two sample sets; returns their ``(ids, paths, hashes of
+    field)`` (see :func:`_read_side`), read once."""
     if train_view._root_dataset is not generated_view._root_dataset:
         raise ValueError(
             "train_view and generated_view must come from the same dataset; got "
             "%r and %r" % (train_view._root_dataset.name, generated_view._root_dataset.name)
         )
-    train = train_view.values(["id", "filepath"])
+    train = _read_side(train_view, field)
     if not train[0]:
         raise ValueError("train_view is empty")
-    gen = generated_view.values(["id", "filepath"])
+    gen = _read_side(generated_view, field)
     if not gen[0]:
         raise ValueError("generated_view is empty")
     overlap = set(gen[0]).intersection(train[0])
@@ -296,13 +298,35 @@ def _validate_views(train_view, generated_view):
     return train, gen
 
 
+def _read_side(view, field=None):
+    """``(ids, paths, hashes)`` of ``view`` in one pass; ``hashes`` (None
+    without ``field``) are the database's hashes of each sample's ``field``
+    value, so that edited embeddings change a sample's key without being
+    read; random where the database cannot hash (nothing is reused then)."""
+    if field is None:
+        return list(view.values(["id", "filepath"])) + [None]
+    db_field = view._handle_db_field(field) if hasattr(view, "_handle_db_field") else field
+    ids, paths, hashes = [], [], []
+    try:
+        for d in view._aggregate(pipeline=[{"$project": {
+                "_id": 1, "filepath": 1, "h": {"$toHashedIndexKey": "$" + db_field}}}]):
+            ids.append(str(d["_id"]))
+            paths.append(d.get("filepath"))
+            hashes.append(d.get("h"))
+    except pymongo.errors.OperationFailure:  # a server without $toHashedIndexKey
+        ids, paths = view.values(["id", "filepath"])
+        hashes = np.random.default_rng().integers(0, 2**62, len(ids)).tolist()
+    return ids, paths, hashes
+
+
 def _digest(obj):
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class SampleSet(object):
     """One side of a run (training or generated) as stored arrays see it:
-    ids, file paths and per-sample keys (id, path, file size and mtime) in
+    ids, file paths and per-sample keys (id, path, file size and mtime when
+    images are read, the embeddings' hash when they come from a field) in
     array row order. ``alive`` masks rows whose samples were deleted since
     (None: all alive)."""
 
@@ -314,14 +338,21 @@ class SampleSet(object):
         self.digest = hashlib.sha1(np.sort(self.keys).tobytes()).hexdigest()
 
     @classmethod
-    def read(cls, view, what, stat=True, ids_paths=None):
-        """Reads ids and paths (unless given as ``ids_paths``); with ``stat``,
-        every file must exist and its size and mtime enter the keys (edited
-        images count as changed)."""
-        ids, paths = ids_paths if ids_paths is not None else view.values(["id", "filepath"])
+    def read(cls, view, what, stat=True, field=None, read=None):
+        """Reads ids and paths (unless given as ``read``, from
+        :func:`_read_side`); with ``stat``, every file must exist and its size
+        and mtime enter the keys (edited images count as changed); with
+        ``field``, the hash of its value does (edited embeddings count too)."""
+        ids, paths, hashes = read if read is not None else _read_side(view, field)
+        if field is None:
+            hashes = None
+        elif hashes is None:
+            hashes = _read_side(view, field)[2]
         keys = np.empty(len(ids), dtype=np.uint64)
         missing = []
         for i, (sid, path) in enumerate(zip(ids, paths)):
+            if hashes is not None:
+                path = "%s|%s" % (path, hashes[i])
             if stat:
                 try:
                     st = os.stat(path)
@@ -376,17 +407,19 @@ class Valuation(object):
         self._staged = None
         self.train_view = gmvruns.train_view(dataset, config)
         self.generated_view = gmvruns.generated_view(dataset, config)
-        self.reads_images = self._needs_images()
-        stat = self.reads_images
-        self.train = self._resolve("embed_train", SampleSet.read(self.train_view, "training", stat, sides[0]))
-        self._gen_read = SampleSet.read(self.generated_view, "generated", stat, sides[1])
+        from_field = bool(config.embeddings_field) and self._field_complete()
+        self.reads_images = self._needs_images(from_field)
+        # what a side's keys cover: its files when they are read, its stored embeddings
+        self._keys = dict(stat=self.reads_images, field=config.embeddings_field if from_field else None)
+        self.train = self._resolve("embed_train", SampleSet.read(self.train_view, "training", read=sides[0], **self._keys))
+        self._gen_read = SampleSet.read(self.generated_view, "generated", read=sides[1], **self._keys)
         self.gen = self._resolve("embed_generated", self._gen_read)
 
     # inputs ----------------------------------------------------------------
 
-    def _needs_images(self):
+    def _needs_images(self, from_field):
         c = self.config
-        embeds = c.model.get("name") is not None and not (c.embeddings_field and self._field_complete())
+        embeds = c.model.get("name") is not None and not from_field
         return embeds or c.rerank["name"] != "none" or c.quality["name"] not in gmvq.QUALITY_BUILTINS
 
     def _field_complete(self):
@@ -615,7 +648,7 @@ class Valuation(object):
                 continue
             side = getattr(self, what)
             if side.alive is not None:  # a stored subset: embed what is there now
-                side = SampleSet.read(view, what, self._needs_images())
+                side = SampleSet.read(view, what, **self._keys)
                 setattr(self, what, side)
             start = time.perf_counter()
             if brain_key is not None and what == "train":
@@ -875,8 +908,7 @@ class Valuation(object):
                 "generated_view must come from dataset %r; got a view of %r"
                 % (self.dataset.name, generated_view._root_dataset.name)
             )
-        stat = self._needs_images()
-        view = SampleSet.read(generated_view, "generated", stat)
+        view = SampleSet.read(generated_view, "generated", **self._keys)
         in_train = set(view.ids.tolist()).intersection(self.train.ids[self.train.alive_rows()].tolist())
         if in_train:
             raise ValueError(

@@ -226,10 +226,10 @@ def stage_fields(dataset, key, parts, chunk=20_000):
     for ids, columns in parts:
         fields = ["%s_%s" % (key, s) for s in columns]
         written = set(fields)
-        cols = [_as_list(v) for v in columns.values()]
+        cols = list(columns.values())
         for start in range(0, len(ids), chunk):
             docs = []
-            for sid, *vals in zip(ids[start : start + chunk], *(c[start : start + chunk] for c in cols)):
+            for sid, *vals in zip(ids[start : start + chunk], *(_as_list(c[start : start + chunk]) for c in cols)):
                 doc = dict(zip(fields, vals))
                 doc["_id"] = oid = ObjectId(sid)
                 lose = held.pop(oid, None)

@@ -233,3 +233,28 @@ def test_colour_generated_images_follow_a_grayscale_training_set(digits_dataset,
     dims = {p: store.load_array(store.manifest()["stages"][p]["files"]["emb"]).shape[1]
             for p in ("embed_train", "embed_generated")}
     assert dims == {"embed_train": 1024, "embed_generated": 1024}
+
+
+def test_edited_embeddings_in_a_field_are_never_reused(digits_dataset):
+    ds = digits_dataset
+    train, gen = _views(ds)
+    rng = np.random.default_rng(0)
+    ids = ds.values("id")
+    ds.set_values("emb", dict(zip(ids, rng.normal(size=(len(ids), 8)))), key_field="id")
+    kwargs = dict(model=None, embeddings_field="emb", k=5, progress=False)
+    gmv.compute_values(train, gen, key="e", **kwargs)
+    before = train.values("e_value")
+    # the same run again reuses its stored embeddings (the field is unchanged) ...
+    stored = gmvstore.RunStore(ds, "e").manifest()["stages"]["embed_train"]["files"]["emb"]
+    gmv.compute_values(train, gen, key="e", overwrite=True, **kwargs)
+    assert gmvstore.RunStore(ds, "e").manifest()["stages"]["embed_train"]["files"]["emb"] == stored
+    assert train.values("e_value") == before
+    # ... but not once some vectors were replaced: the run equals a fresh one
+    edited = train.limit(40).values("id")
+    ds.set_values("emb", dict(zip(edited, rng.normal(size=(40, 8)))), key_field="id")
+    gmv.compute_values(train, gen, key="e", overwrite=True, **kwargs)
+    gmv.compute_values(train, gen, key="fresh", **kwargs)
+    assert train.values("e_value") == pytest.approx(train.values("fresh_value"))
+    assert train.values("e_value") != pytest.approx(before)
+    results = gmv.assign_values(ds, key="e", progress=False)  # stage by stage still finds its inputs fresh
+    assert results.num_train == len(train)
