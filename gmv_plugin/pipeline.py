@@ -351,17 +351,16 @@ class SampleSet(object):
         keys = np.empty(len(ids), dtype=np.uint64)
         missing = []
         for i, (sid, path) in enumerate(zip(ids, paths)):
-            if hashes is not None:
-                path = "%s|%s" % (path, hashes[i])
+            ident = path if hashes is None else "%s|%s" % (path, hashes[i])
             if stat:
                 try:
-                    st = os.stat(path)
-                    sig = "%s|%s|%d|%d" % (sid, path, st.st_size, st.st_mtime_ns)
+                    st = os.stat(path)  # the file itself, not path|hash
+                    sig = "%s|%s|%d|%d" % (sid, ident, st.st_size, st.st_mtime_ns)
                 except OSError:
                     missing.append(path)
                     continue
             else:
-                sig = "%s|%s" % (sid, path)
+                sig = "%s|%s" % (sid, ident)
             keys[i] = int.from_bytes(hashlib.blake2b(sig.encode(), digest_size=8).digest(), "little")
         if missing:
             raise ImageReadError(

@@ -264,7 +264,7 @@ def plan_train_shards(samples, key, num_shards, progress=None):
                              "side with plan_shards" % key)
         train = valuation.train
         if train.alive is not None:
-            train = gmvp.SampleSet.read(valuation.train_view, "training", valuation._needs_images())
+            train = gmvp.SampleSet.read(valuation.train_view, "training", **valuation._keys)
         plan_id = TRAIN_PREFIX + uuid.uuid4().hex[:12]
         _clear_plans(os.path.join(valuation.store.dir, gmvstore.SHARDS), "train")
         pdir = _plan_dir(dataset, key, plan_id)
@@ -622,7 +622,7 @@ def reduce_shards(samples, key, plan_id, wait=0, compute_missing=False, progress
         _wait_for_shards(dataset, key, plan, lock, wait, compute_missing, progress)
         valuation = _valuation_for(dataset, key, plan)
         if plan.get("side") == "train":
-            current = gmvp.SampleSet.read(valuation.train_view, "training", valuation._needs_images())
+            current = gmvp.SampleSet.read(valuation.train_view, "training", **valuation._keys)
             if current.digest != plan["side_digest"]:
                 raise ValueError("The training samples of run %r changed since its shards were "
                                  "planned; plan again" % key)
