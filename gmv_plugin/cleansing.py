@@ -60,54 +60,56 @@ ANOMALY_WEIGHT = 4.0
 MAX_BLOCK = 15
 
 
-def _largest_block(ok_for_size, n):
-    """Largest k (1..MAX_BLOCK) for which ``ok_for_size(k)`` holds somewhere, per image."""
-    best = np.ones(n)
-    for k in range(2, MAX_BLOCK + 1):
-        has = ok_for_size(k).any(axis=(1, 2))
-        best[has] = k
-        if not has.any():
-            break
-    return best
+LEVELS = np.arange(256) / 255.0  # the float value of each 8-bit level, as images are read
 
 
-def _statistics_same_size(x):
-    """:func:`image_statistics` for a float64 ``(N, H, W)`` stack in [0, 1]."""
-    n, h, w = x.shape
-    flat = x.reshape(n, -1)
-    border = np.concatenate([x[:, 0, :], x[:, -1, :], x[:, :, 0], x[:, :, -1]], axis=1)
-    lo = np.percentile(flat, 5, axis=1)
-    hi = np.percentile(flat, 99.5, axis=1)
-    rng = np.maximum(hi - lo, 1e-3)
-    lo3, rng3 = lo[:, None, None], rng[:, None, None]
-    z = (x - lo3) / rng3
-    out = {"border_median": np.median(border, axis=1), "range": rng, "p05": lo}
-    out["midtone"] = ((z > 0.15) & (z < 0.85)).mean(axis=(1, 2))
-    med = ndimage.median_filter(x, size=(1, 3, 3))
-    out["impulse"] = np.abs(x - med).mean(axis=(1, 2)) / rng
-    out["impulse_share"] = (np.abs(x - med) > 0.5 * rng3).mean(axis=(1, 2))
-    gy, gx = np.gradient(x, axis=(1, 2))
-    grad = np.hypot(gx, gy)
-    lap = np.abs(4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:])
-    out["lap_over_grad"] = lap.mean(axis=(1, 2)) / np.maximum(grad.mean(axis=(1, 2)), 1e-6)
-    out["sharpness"] = np.percentile(grad.reshape(n, -1), 99, axis=1) / rng
-    dx, dy = np.abs(np.diff(x, axis=2)), np.abs(np.diff(x, axis=1))
-    act_x = np.maximum(x[:, :, 1:], x[:, :, :-1]) > lo3 + 0.2 * rng3
-    act_y = np.maximum(x[:, 1:, :], x[:, :-1, :]) > lo3 + 0.2 * rng3
-    eq = ((dx < 1.5 / 255) & act_x).sum(axis=(1, 2)) + ((dy < 1.5 / 255) & act_y).sum(axis=(1, 2))
-    out["plateau"] = eq / np.maximum(act_x.sum(axis=(1, 2)) + act_y.sum(axis=(1, 2)), 1)
-    colb, rowb = np.arange(w - 1) % 8 == 7, np.arange(h - 1) % 8 == 7
-    if colb.any() and rowb.any():
-        edge = dx[:, :, colb].mean(axis=(1, 2)) + dy[:, rowb, :].mean(axis=(1, 2))
-        inner = dx[:, :, ~colb].mean(axis=(1, 2)) + dy[:, ~rowb, :].mean(axis=(1, 2))
-        out["block8"] = edge / np.maximum(inner, 1e-6)
-    else:
-        out["block8"] = np.ones(n)
-    q = np.clip((x * 255).round(), 0, 255).astype(np.int64).reshape(n, -1)
-    present = np.zeros((n, 256), bool)
-    present[np.arange(n)[:, None], q] = True
-    out["levels"] = present.sum(axis=1) / 256.0
-    out["ink"] = (z > 0.5).mean(axis=(1, 2))
+def _largest_blocks(q, flat_level, bright_level):
+    """Side of the largest flat bright square and of the largest bright square
+    (1..MAX_BLOCK) per uint8 image: for each side ``k``, whether some pixel's
+    ``k x k`` window (scipy.ndimage's filter windows, borders reflected) has
+    all levels within 2 of each other and at least ``flat_level``, or all at
+    least ``bright_level``. Window minima and maxima of side ``k`` are those of
+    four windows of side ``k - 1``; an image stops at its first side without
+    such a window (a window's sub-windows qualify too)."""
+    n, h, w = q.shape
+    pad = MAX_BLOCK // 2
+    qp = np.pad(q, ((0, 0), (pad, pad), (pad, pad)), mode="symmetric")
+    out = []
+    for level, flat in ((flat_level, True), (bright_level, False)):
+        best = np.ones(n)
+        rows = np.arange(n)
+        lv = np.asarray(level, dtype=np.int16)[:, None, None]
+        mn = mx = qp
+        for k in range(2, MAX_BLOCK + 1):
+            mn = np.minimum(np.minimum(mn[:, :-1, :-1], mn[:, 1:, 1:]), np.minimum(mn[:, :-1, 1:], mn[:, 1:, :-1]))
+            o = pad - k // 2  # the window of pixel (i, j) starts at (i - k // 2, j - k // 2)
+            ok = mn[:, o : o + h, o : o + w] >= lv
+            if flat:
+                mx = np.maximum(np.maximum(mx[:, :-1, :-1], mx[:, 1:, 1:]), np.maximum(mx[:, :-1, 1:], mx[:, 1:, :-1]))
+                ok &= mx[:, o : o + h, o : o + w] - mn[:, o : o + h, o : o + w] <= 2
+            has = ok.any(axis=(1, 2))
+            if not has.any():
+                break
+            rows, lv, mn = rows[has], lv[has], mn[has]
+            if flat:
+                mx = mx[has]
+            best[rows] = k
+        out.append(best)
+    return out
+
+
+def _largest_blocks_small(x, lo3, rng3):
+    """:func:`_largest_blocks` with scipy.ndimage's filters, for images too
+    small for its padding."""
+
+    def largest(ok_for_size):
+        best = np.ones(len(x))
+        for k in range(2, MAX_BLOCK + 1):
+            has = ok_for_size(k).any(axis=(1, 2))
+            best[has] = k
+            if not has.any():
+                break
+        return best
 
     def flat_ok(k):
         mx = ndimage.maximum_filter(x, size=(1, k, k))
@@ -117,8 +119,81 @@ def _statistics_same_size(x):
     def bright_ok(k):
         return ndimage.minimum_filter(x, size=(1, k, k)) > lo3 + 0.5 * rng3
 
-    out["flat_block"] = _largest_block(flat_ok, n)
-    out["bright_block"] = _largest_block(bright_ok, n)
+    return largest(flat_ok), largest(bright_ok)
+
+
+def _level_above(threshold):
+    """The lowest 8-bit level whose value exceeds ``threshold``, per image."""
+    return np.searchsorted(LEVELS, threshold, side="right")
+
+
+def _med3(a, b, c):
+    return np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+
+
+def _median3x3(q):
+    """scipy.ndimage's 3x3 median filter (borders reflected) of a uint8
+    ``(N, H, W)`` stack: the median of nine is the median of the largest
+    column minimum, the median of column medians and the smallest column
+    maximum (columns of three sorted once, shared by neighbouring windows)."""
+    p = np.pad(q, ((0, 0), (1, 1), (1, 1)), mode="symmetric")
+    a, b, c = p[:, :-2], p[:, 1:-1], p[:, 2:]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    mid = np.maximum(lo, np.minimum(hi, c))
+    lo, hi = np.minimum(lo, c), np.maximum(hi, c)
+    most_lo = np.maximum(np.maximum(lo[:, :, :-2], lo[:, :, 1:-1]), lo[:, :, 2:])
+    least_hi = np.minimum(np.minimum(hi[:, :, :-2], hi[:, :, 1:-1]), hi[:, :, 2:])
+    return _med3(most_lo, _med3(mid[:, :, :-2], mid[:, :, 1:-1], mid[:, :, 2:]), least_hi)
+
+
+def _statistics_same_size(q):
+    """:func:`image_statistics` for a uint8 ``(N, H, W)`` stack. Comparisons
+    of levels run on the uint8 levels; what is averaged is float64 in [0, 1]."""
+    n, h, w = q.shape
+    x = LEVELS[q]
+    flat = x.reshape(n, -1)
+    border = np.concatenate([x[:, 0, :], x[:, -1, :], x[:, :, 0], x[:, :, -1]], axis=1)
+    lo, hi = np.percentile(flat, [5, 99.5], axis=1)
+    rng = np.maximum(hi - lo, 1e-3)
+    lo3, rng3 = lo[:, None, None], rng[:, None, None]
+    z = (x - lo3) / rng3
+    out = {"border_median": np.median(border, axis=1), "range": rng, "p05": lo}
+    out["midtone"] = ((z > 0.15) & (z < 0.85)).mean(axis=(1, 2))
+    resid = np.abs(x - LEVELS[_median3x3(q)])
+    out["impulse"] = resid.mean(axis=(1, 2)) / rng
+    out["impulse_share"] = (resid > 0.5 * rng3).mean(axis=(1, 2))
+    gy, gx = np.gradient(x, axis=(1, 2))
+    grad = np.hypot(gx, gy)
+    lap = np.abs(4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:])
+    out["lap_over_grad"] = lap.mean(axis=(1, 2)) / np.maximum(grad.mean(axis=(1, 2)), 1e-6)
+    out["sharpness"] = np.percentile(grad.reshape(n, -1), 99, axis=1) / rng
+    # flat pairs (levels within 1) among bright pairs (either level above lo + 0.2 range)
+    bright = _level_above(lo + 0.2 * rng).astype(np.int16)[:, None, None]
+    qi = q.astype(np.int16)
+    act_x = np.maximum(qi[:, :, 1:], qi[:, :, :-1]) >= bright
+    act_y = np.maximum(qi[:, 1:, :], qi[:, :-1, :]) >= bright
+    eq = ((np.abs(np.diff(qi, axis=2)) <= 1) & act_x).sum(axis=(1, 2)) + \
+        ((np.abs(np.diff(qi, axis=1)) <= 1) & act_y).sum(axis=(1, 2))
+    out["plateau"] = eq / np.maximum(act_x.sum(axis=(1, 2)) + act_y.sum(axis=(1, 2)), 1)
+    colb, rowb = np.arange(w - 1) % 8 == 7, np.arange(h - 1) % 8 == 7
+    if colb.any() and rowb.any():
+        dx, dy = np.abs(np.diff(x, axis=2)), np.abs(np.diff(x, axis=1))
+        edge = dx[:, :, colb].mean(axis=(1, 2)) + dy[:, rowb, :].mean(axis=(1, 2))
+        inner = dx[:, :, ~colb].mean(axis=(1, 2)) + dy[:, ~rowb, :].mean(axis=(1, 2))
+        out["block8"] = edge / np.maximum(inner, 1e-6)
+    else:
+        out["block8"] = np.ones(n)
+    present = np.zeros((n, 256), bool)
+    present[np.arange(n)[:, None], q.reshape(n, -1)] = True
+    out["levels"] = present.sum(axis=1) / 256.0
+    out["ink"] = (z > 0.5).mean(axis=(1, 2))
+
+    if min(h, w) > MAX_BLOCK // 2:
+        out["flat_block"], out["bright_block"] = _largest_blocks(
+            q, _level_above(lo + 0.3 * rng), _level_above(lo + 0.5 * rng)
+        )
+    else:
+        out["flat_block"], out["bright_block"] = _largest_blocks_small(x, lo3, rng3)
     return np.stack([out[s] for s in STATISTICS], axis=1)
 
 
@@ -156,12 +231,10 @@ def image_statistics(images):
         if len(stack) and len(shape) != 2:
             raise ValueError("image_statistics takes grayscale (H, W) images; got shape %s" % (shape,))
         for s in range(0, len(rows), 2048):  # float64 copies only per block
-            x = stack[s : s + 2048].astype(np.float64)
-            if stack.dtype == np.uint8:
-                x /= 255.0
-            else:  # 8-bit levels, as images on disk have
-                x = np.round(np.clip(x, 0.0, 1.0) * 255.0) / 255.0
-            out[rows[s : s + 2048]] = _statistics_same_size(x)
+            q = stack[s : s + 2048]
+            if q.dtype != np.uint8:  # 8-bit levels, as images on disk have
+                q = np.round(np.clip(q.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+            out[rows[s : s + 2048]] = _statistics_same_size(q)
     return out
 
 
@@ -226,6 +299,77 @@ def cleansing_scores(values, implausible=None, margin=ANOMALY_MARGIN, weight=ANO
     return score
 
 
+FEATURES_VERSION = 1  # bump when image_features' output changes: stored features are recomputed
+
+
+def image_features(images, stats=True):
+    """What the truth columns need of each image, computed once per image
+    (the pipeline stores it with the run): ``{"desc": copy descriptors
+    (float32 (N, 256)), "stats": image statistics (float64 (N, F), when
+    ``stats``; training images only need them)}``.
+
+    Args:
+        images: a ``(N, H, W)`` array or a list of ``(H, W)`` arrays, uint8
+            or float in [0, 1] (see :func:`image_statistics`)
+        stats (True): whether to compute the statistics too
+    """
+    out = {"desc": gmvc.copy_descriptors(images)}
+    if stats:
+        out["stats"] = image_statistics(images)
+    return out
+
+
+def _features_chunk(args):
+    """Worker: :func:`image_features` of image files, each read once;
+    ``(features, [(position, error), ...])``."""
+    from PIL import Image
+
+    paths, stats = args
+    images, failed = [], []
+    for i, p in enumerate(paths):
+        try:
+            with Image.open(p) as im:
+                images.append(gmvc.gray_array(im))
+        except (OSError, SyntaxError) as e:
+            failed.append((i, str(e)))
+            images.append(np.zeros((1, 1), np.uint8))
+    if failed:
+        return None, failed
+    return image_features(images, stats=stats), failed
+
+
+def read_features(paths, stats=True, workers=None, chunk_size=1024):
+    """:func:`image_features` of image files (grayscale, longer side at most
+    64 pixels, see :func:`gmv_plugin.copies.read_gray`), decoded in worker
+    processes (default :func:`gmv_plugin.embeddings.decode_workers`).
+
+    Raises:
+        ImageReadError: naming an image that cannot be read
+    """
+    from gmv_plugin import embeddings as gmve
+    from gmv_plugin.images import ImageReadError
+
+    paths = list(paths)
+    tasks = [(paths[s : s + chunk_size], stats) for s in range(0, len(paths), chunk_size)]
+    parts = []
+    for t, (feats, failed) in zip(tasks, gmve.map_chunks(_features_chunk, tasks, workers)):
+        if failed:
+            i, err = failed[0]
+            raise ImageReadError("Cannot read image %s: %s" % (t[0][i], err))
+        parts.append(feats)
+    return concat_features(parts, stats)
+
+
+def concat_features(parts, stats=True):
+    """The row-wise concatenation of :func:`image_features` outputs."""
+    out = {"desc": np.concatenate([p["desc"] for p in parts]) if parts else
+           np.zeros((0, gmvc.DESCRIPTOR_SIZE**2), np.float32)}
+    if stats:
+        out["stats"] = (np.concatenate([p["stats"] for p in parts]) if parts else
+                        np.zeros((0, len(STATISTICS))))
+    return out
+
+
 def truth_columns(
     values,
     train_paths=None,
@@ -263,6 +407,38 @@ def truth_columns(
         margin (0.5), weight (4.0): see :func:`cleansing_scores`
 
     Returns:
+        see :func:`truth_from_features`
+    """
+    train = gen = None
+    if train_images is not None:
+        train = image_features(train_images)
+    elif train_paths is not None:
+        train = read_features(train_paths)
+    if gen_images is not None:
+        gen = image_features(gen_images, stats=False)
+    elif gen_paths is not None:
+        gen = read_features(gen_paths, stats=False)
+    return truth_from_features(values, train, gen, train_emb=train_emb, gen_emb=gen_emb,
+                               gen_neighbours=gen_neighbours, copy_threshold=copy_threshold,
+                               margin=margin, weight=weight)
+
+
+def truth_from_features(
+    values,
+    train=None,
+    gen=None,
+    train_emb=None,
+    gen_emb=None,
+    gen_neighbours=None,
+    copy_threshold=gmvc.COPY_THRESHOLD,
+    margin=ANOMALY_MARGIN,
+    weight=ANOMALY_WEIGHT,
+):
+    """:func:`truth_columns` from :func:`image_features` of the training
+    images (``train``, with statistics) and of the generated ones (``gen``);
+    the other arguments as there.
+
+    Returns:
         ``{"train": {"cleansing": float64 (n,), "copied_by": int64 (n,),
         "implausibility": float64 (n,) or None}, "generated": {"copy_score":
         float64 (m,), "is_copy": bool (m,), "copy_of": int64 (m,): the
@@ -270,22 +446,17 @@ def truth_columns(
     """
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
-    if train_images is None and train_paths is not None:
-        train_images = gmvc.read_gray(train_paths)
-    if gen_images is None and gen_paths is not None:
-        gen_images = gmvc.read_gray(gen_paths)
-    if train_images is not None and len(train_images) != n:
-        raise ValueError("%d training images for %d values" % (len(train_images), n))
+    if train is not None and len(train["desc"]) != n:
+        raise ValueError("%d training images for %d values" % (len(train["desc"]), n))
 
     implausible = None
-    if train_images is not None:
-        implausible = implausibility(image_statistics(train_images))
+    if train is not None:
+        implausible = implausibility(train["stats"])
     cleansing = cleansing_scores(values, implausible, margin=margin, weight=weight)
 
-    if train_images is not None and gen_images is not None:
-        train_desc = gmvc.copy_descriptors(train_images)
-        gen_desc = gmvc.copy_descriptors(gen_images)
-        gen_flip = gmvc.copy_descriptors(gen_images, flip=True)
+    if train is not None and gen is not None:
+        train_desc, gen_desc = train["desc"], gen["desc"]
+        gen_flip = gmvc.flip_descriptors(gen_desc)
     elif train_emb is not None and gen_emb is not None:
         train_desc = np.asarray(train_emb, dtype=np.float32)
         gen_desc, gen_flip = np.asarray(gen_emb, dtype=np.float32), None
@@ -296,7 +467,7 @@ def truth_columns(
         cs = gmvc.copy_scores(gen_desc, gen_flip, train_desc, neighbours=known)
         copy_score, copy_of = cs["copy_score"], cs["nearest"]
     else:
-        m = len(gen_images) if gen_images is not None else (len(gen_emb) if gen_emb is not None else 0)
+        m = len(gen["desc"]) if gen is not None else (len(gen_emb) if gen_emb is not None else 0)
         copy_score, copy_of = np.full(m, -np.inf), np.full(m, -1, np.int64)
     is_copy, copied_by = gmvc.copy_flags(copy_score, np.maximum(copy_of, 0), n, copy_threshold)
     return {

@@ -102,14 +102,28 @@ def copy_descriptors(images, flip=False, size=DESCRIPTOR_SIZE, batch_size=4096):
             if is_u8:
                 x /= 255.0
             out[part] = _descriptor_stack(x, size)
-    if flip:
-        out = out.reshape(-1, size, size)[:, :, ::-1].reshape(-1, size * size).copy()
-    return out
+    return flip_descriptors(out, size) if flip else out
+
+
+def flip_descriptors(desc, size=DESCRIPTOR_SIZE):
+    """The descriptors of the images mirrored left to right, from theirs."""
+    return np.asarray(desc).reshape(-1, size, size)[:, :, ::-1].reshape(-1, size * size).copy()
+
+
+def gray_array(image, max_side=64):
+    """An open PIL image as a uint8 ``(H, W)`` grayscale array (PIL's "L"
+    conversion), downscaled so that the longer side is at most ``max_side``."""
+    from PIL import Image
+
+    im = image.convert("L")
+    if max(im.size) > max_side:
+        s = max_side / float(max(im.size))
+        im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), Image.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
 
 
 def read_gray(paths, max_side=64):
-    """Reads images as a list of uint8 ``(H, W)`` grayscale arrays (PIL's "L"
-    conversion), downscaled so that the longer side is at most ``max_side``."""
+    """Reads images as a list of uint8 ``(H, W)`` grayscale arrays (see :func:`gray_array`)."""
     from PIL import Image
 
     from gmv_plugin.images import ImageReadError
@@ -118,11 +132,7 @@ def read_gray(paths, max_side=64):
     for p in paths:
         try:
             with Image.open(p) as im:
-                im = im.convert("L")
-                if max(im.size) > max_side:
-                    s = max_side / float(max(im.size))
-                    im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), Image.BILINEAR)
-                out.append(np.asarray(im, dtype=np.uint8))
+                out.append(gray_array(im, max_side))
         except (OSError, SyntaxError) as e:
             raise ImageReadError("Cannot read image %s: %s" % (p, e)) from e
     return out

@@ -19,6 +19,7 @@ import fiftyone.core.models as fom
 import fiftyone.core.utils as fou
 from PIL import Image
 
+from gmv_plugin import copies as gmvc
 from gmv_plugin.arrays import NpyWriter, iter_rows
 from gmv_plugin.images import find_unreadable, to_pil
 
@@ -139,12 +140,17 @@ def _stack_modes(vecs, gray):
 
 
 def _decode_chunk(args):
-    """Worker: pixel embeddings of ``paths``; ``(array, is_rgb, failed)``."""
-    paths, size, mode = args
-    vecs, gray, failed = [], [], []
+    """Worker: pixel embeddings of ``paths``; ``(array, is_rgb, failed,
+    truth)``: with ``truth`` (``{"stats": bool}``) the truth columns'
+    features of the same decoded images (:func:`gmv_plugin.cleansing.image_features`)."""
+    paths, size, mode = args[:3]
+    truth = args[3] if len(args) > 3 else None
+    vecs, gray, failed, grays = [], [], [], []
     for i, path in enumerate(paths):
         try:
             with Image.open(path) as img:
+                if truth is not None:
+                    grays.append(gmvc.gray_array(img))
                 m = mode if mode != "auto" else ("L" if img.mode in GRAY_MODES else "RGB")
                 if img.mode != m:
                     img = img.convert(m)
@@ -155,8 +161,15 @@ def _decode_chunk(args):
             failed.append(i)
             vecs.append(np.zeros(size * size, dtype=np.float32))
             gray.append(True)
+            if truth is not None and len(grays) == i:
+                grays.append(np.zeros((1, 1), np.uint8))
     arr = _stack_modes(vecs, gray) if vecs else np.zeros((0, size * size), np.float32)
-    return arr.astype(np.float32, copy=False), not all(gray), failed
+    feats = None
+    if truth is not None and not failed:
+        from gmv_plugin import cleansing as gmvcl
+
+        feats = gmvcl.image_features(grays, stats=truth["stats"])
+    return arr.astype(np.float32, copy=False), not all(gray), failed, feats
 
 
 def resolve_model(model):
@@ -283,7 +296,7 @@ def read_field_embeddings(samples, field, chunk_size=4096):
     return ids, (np.concatenate(out) if out else np.zeros((0, 0), np.float32))
 
 
-def embed_paths(paths, path, embedder, workers=None, chunk_size=1024, progress=None):
+def embed_paths(paths, path, embedder, workers=None, chunk_size=1024, progress=None, truth=None):
     """Pixel-embeds image files into a float32 ``.npy`` file, decoding in
     ``workers`` processes (default :func:`decode_workers`), with memory
     bounded by the chunks in flight.
@@ -293,6 +306,12 @@ def embed_paths(paths, path, embedder, workers=None, chunk_size=1024, progress=N
     :func:`gray_to_rgb` and the file continues in RGB. The embedder remembers
     the resolved mode for later collections.
 
+    With ``truth`` (a dict ``{"stats": bool}``), the workers also compute
+    the truth columns' features of the images they decode, and
+    ``truth["features"]`` receives them
+    (:func:`gmv_plugin.cleansing.image_features`, in order) when every image
+    was decoded.
+
     Returns:
         a tuple ``(mode, failed)``: ``"L"`` or ``"RGB"`` and the positions of
         the images that could not be decoded
@@ -300,16 +319,25 @@ def embed_paths(paths, path, embedder, workers=None, chunk_size=1024, progress=N
     n = len(paths)
     mode = embedder.resolved or "auto"
     size = embedder.size
-    tasks = [(list(paths[s : s + chunk_size]), size, mode) for s in range(0, n, chunk_size)]
+    extra = () if truth is None else ({"stats": bool(truth.get("stats", True))},)
+    if truth is not None:
+        chunk_size = min(chunk_size, 512)  # the features cost more: finer tasks balance the workers
+    tasks = [(list(paths[s : s + chunk_size]), size, mode) + extra for s in range(0, n, chunk_size)]
+    feats = None
     workers = decode_workers() if workers is None else workers
     failed = []
     rgb = mode == "RGB"
     writer = NpyWriter(path, n)
     try:
         with fou.ProgressBar(total=n, progress=progress) as pb:
-            for i, (arr, chunk_rgb, bad) in enumerate(_map_decode(tasks, workers)):
+            for i, (arr, chunk_rgb, bad, chunk_feats) in enumerate(map_chunks(_decode_chunk, tasks, workers)):
                 start = i * chunk_size
                 failed.extend(start + j for j in bad)
+                if chunk_feats is not None:
+                    if feats is None:
+                        feats = {k: np.empty((n,) + v.shape[1:], v.dtype) for k, v in chunk_feats.items()}
+                    for k, v in chunk_feats.items():
+                        feats[k][start : start + len(v)] = v
                 if chunk_rgb and not rgb:
                     writer = _upgrade_to_rgb(writer, path, n, start)
                     rgb = True
@@ -323,19 +351,22 @@ def embed_paths(paths, path, embedder, workers=None, chunk_size=1024, progress=N
     except BaseException:
         writer.abort()
         raise
+    if truth is not None and not failed and feats is not None:
+        truth["features"] = feats
     resolved = "RGB" if rgb else "L"
     if embedder.resolved is None:
         embedder.resolved = resolved
     return resolved, failed
 
 
-def _map_decode(tasks, workers):
-    """Decoded chunks in order; a forked pool of ``workers`` processes (the
-    workers only touch PIL and numpy) keeps at most ``2 * workers`` chunks in
-    flight."""
+def map_chunks(fn, tasks, workers=None):
+    """``fn(task)`` for each task, in order; a forked pool of ``workers``
+    processes (default :func:`decode_workers`; the tasks only touch PIL and
+    numpy) keeps at most ``2 * workers`` tasks in flight."""
+    workers = decode_workers() if workers is None else workers
     if workers <= 1 or len(tasks) <= 1:
         for t in tasks:
-            yield _decode_chunk(t)
+            yield fn(t)
         return
     import multiprocessing as mp
     from collections import deque
@@ -345,14 +376,14 @@ def _map_decode(tasks, workers):
         pending = deque()
         it = iter(tasks)
         for t in it:
-            pending.append(pool.apply_async(_decode_chunk, (t,)))
+            pending.append(pool.apply_async(fn, (t,)))
             if len(pending) >= 2 * workers:
                 break
         while pending:
             res = pending.popleft().get()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.apply_async(_decode_chunk, (nxt,)))
+                pending.append(pool.apply_async(fn, (nxt,)))
             yield res
 
 
@@ -411,6 +442,7 @@ def embed_to_file(
     progress=None,
     ids=None,
     paths=None,
+    truth=None,
 ):
     """Embeds ``samples`` in order into a float32 ``.npy`` file.
 
@@ -434,6 +466,9 @@ def embed_to_file(
         progress (None): like FiftyOne's ``progress`` arguments
         ids (None), paths (None): the samples' ids and filepaths, in order,
             when the caller has read them already
+        truth (None): a dict ``{"stats": bool}``; when the pixel embedder
+            decodes the images, ``truth["features"]`` receives their truth
+            columns' features (see :func:`embed_paths`)
 
     Returns:
         a tuple ``(ids, embeddings)``: the sample ids and a read-only memmap
@@ -459,7 +494,7 @@ def embed_to_file(
     if ids is None or (paths is None and isinstance(model, PixelEmbedder)):
         ids, paths = read_ids_paths(samples)
     if isinstance(model, PixelEmbedder) and not has_field:
-        _, failed = embed_paths(paths, path, model, progress=progress)
+        _, failed = embed_paths(paths, path, model, progress=progress, truth=truth)
         if failed:
             os.remove(path)
             _raise_failed([ids[i] for i in failed], [paths[i] for i in failed], len(ids), None)

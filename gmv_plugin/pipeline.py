@@ -25,6 +25,7 @@ import fiftyone.core.utils as fou
 from gmv_plugin import arrays as gmvarrays
 from gmv_plugin import brain as gmvb
 from gmv_plugin import cleansing as gmvcl
+from gmv_plugin import copies as gmvc
 from gmv_plugin import embeddings as gmve
 from gmv_plugin import index as gmvi
 from gmv_plugin import quality as gmvq
@@ -351,16 +352,16 @@ class SampleSet(object):
         keys = np.empty(len(ids), dtype=np.uint64)
         missing = []
         for i, (sid, path) in enumerate(zip(ids, paths)):
-            ident = path if hashes is None else "%s|%s" % (path, hashes[i])
+            tag = path if hashes is None else "%s|%s" % (path, hashes[i])
             if stat:
                 try:
-                    st = os.stat(path)  # the file itself, not path|hash
-                    sig = "%s|%s|%d|%d" % (sid, ident, st.st_size, st.st_mtime_ns)
+                    st = os.stat(path)
+                    sig = "%s|%s|%d|%d" % (sid, tag, st.st_size, st.st_mtime_ns)
                 except OSError:
                     missing.append(path)
                     continue
             else:
-                sig = "%s|%s" % (sid, ident)
+                sig = "%s|%s" % (sid, tag)
             keys[i] = int.from_bytes(hashlib.blake2b(sig.encode(), digest_size=8).digest(), "little")
         if missing:
             raise ImageReadError(
@@ -375,7 +376,10 @@ class SampleSet(object):
         return np.arange(len(self)) if self.alive is None else np.flatnonzero(self.alive)
 
 
-PARTS = ("embed_train", "embed_generated", "index", "recall", "rerank", "quality", "values")
+PARTS = ("embed_train", "embed_generated", "index", "recall", "rerank", "quality", "values",
+         "truth_train", "truth_generated")
+# per side: the truth columns' per-image features (gmv_plugin.cleansing.image_features)
+TRUTH_PARTS = {"train": "truth_train", "gen": "truth_generated"}
 
 
 def _parts(stage):
@@ -532,6 +536,8 @@ class Valuation(object):
         base = fp["rerank"] if c.quality["name"] == "realism" else fp["embed_generated"]
         fp["quality"] = _digest([base, c.quality])
         fp["values"] = _digest([fp["rerank"], fp["quality"], c.temperature])
+        for what, part in TRUTH_PARTS.items():
+            fp[part] = _digest(["truth", gmvcl.FEATURES_VERSION, getattr(self, what).digest])
         return fp
 
     def entry(self, part):
@@ -650,6 +656,7 @@ class Valuation(object):
                 side = SampleSet.read(view, what, **self._keys)
                 setattr(self, what, side)
             start = time.perf_counter()
+            truth = {"stats": what == "train"}  # the pixel embedder's workers compute them too
             if brain_key is not None and what == "train":
                 files, ids = {}, side.ids  # the training vectors live in the Brain index
             else:
@@ -662,7 +669,7 @@ class Valuation(object):
                     ids, emb = gmve.embed_to_file(
                         view, tmp, model=model, embeddings_field=self.config.embeddings_field,
                         batch_size=self.config.batch_size, progress=progress,
-                        ids=side.ids.tolist(), paths=side.paths.tolist(),
+                        ids=side.ids.tolist(), paths=side.paths.tolist(), truth=truth,
                     )
                 if list(ids) != side.ids.tolist():
                     raise RuntimeError("The %s samples changed while they were embedded; try again" % what)
@@ -673,6 +680,8 @@ class Valuation(object):
                 files[label] = self.store.save_array("%s_%s" % (part, label), arr)
             self._put(part, time.perf_counter() - start, files, count=len(ids),
                       side_digest=side.digest, emb=self._emb_digest())
+            if "features" in truth and self.reads_images:  # side.keys know the files' sizes and mtimes
+                self._put_truth(what, side.keys, truth["features"], 0.0)
 
     def _resolved_model(self):
         """The encoder; a pixel embedder in ``"auto"`` mode follows the mode
@@ -785,19 +794,28 @@ class Valuation(object):
         """Cleansing scores and copy flags (:func:`gmv_plugin.cleansing.truth_columns`)
         of the alive samples, from their images when the run reads images
         (not from an embeddings field alone), else from the embeddings.
-        Returns ``(columns, "images" | "embeddings" | "values")``: "values"
-        (no copy flags) for a Brain index's run whose image files are gone."""
+        Image features are stored with the run and read only for images not
+        seen before (keyed by the samples' keys, which know the files when
+        the run reads images). Returns ``(columns, "images" | "embeddings" |
+        "values")``: "values" (no copy flags) for a Brain index's run whose
+        image files are gone."""
         train_rows, gen_rows = self.train.alive_rows(), self.gen.alive_rows()
         stored = "emb" in self.entry("embed_train")["files"]  # not in a Brain index's run
-        images = self.reads_images or not stored and all(  # reads_images: every file was there
-            os.path.isfile(p) for side, rows in ((self.train, train_rows), (self.gen, gen_rows))
-            for p in side.paths[rows])
-        if images:
-            try:
+        if not self.reads_images and not stored and all(  # a Brain index's run: no training vectors
+                os.path.isfile(p) for side, rows in ((self.train, train_rows), (self.gen, gen_rows))
+                for p in side.paths[rows]):
+            try:  # its keys do not know the files: read them, store nothing
                 return gmvcl.truth_columns(
                     values[train_rows], train_paths=self.train.paths[train_rows].tolist(),
                     gen_paths=self.gen.paths[gen_rows].tolist(),
                 ), "images"
+            except ImageReadError as e:
+                logger.warning("Run %r: no cleansing or copy flags from images: %s", self.key, e)
+        if self.reads_images:  # every file existed when the samples were read
+            try:
+                train = self._truth_features("train", self.train.paths[train_rows], self.train.keys[train_rows])
+                gen = self._truth_features("gen", self.gen.paths[gen_rows], self.gen.keys[gen_rows])
+                return gmvcl.truth_from_features(values[train_rows], train, gen), "images"
             except ImageReadError as e:
                 logger.warning("Run %r: cleansing and copy flags from embeddings: %s", self.key, e)
         if not stored:
@@ -811,6 +829,56 @@ class Valuation(object):
         gen_emb = np.asarray(self._array("embed_generated", "emb")[gen_rows])
         return gmvcl.truth_columns(values[train_rows], train_emb=train_emb, gen_emb=gen_emb,
                                    gen_neighbours=neighbours), "embeddings"
+
+    def _truth_features(self, what, paths, keys):
+        """:func:`gmv_plugin.cleansing.image_features` of ``paths`` (``keys``:
+        their samples' keys, which change with the files): stored rows of
+        the same keys are reused, the others read; a changed set of rows is
+        stored as a new entry."""
+        part, stats = TRUTH_PARTS[what], what == "train"
+        best = None
+        for entry in self._entries(part):
+            if entry.get("version") != gmvcl.FEATURES_VERSION:
+                continue
+            stored = self.store.load_array(entry["files"]["keys"], mmap=False)
+            if not len(stored):
+                continue
+            order = np.argsort(stored, kind="stable")
+            pos = order[np.minimum(np.searchsorted(stored, keys, sorter=order), len(stored) - 1)]
+            hit = stored[pos] == keys
+            if best is None or hit.sum() > best[2].sum():
+                best = (entry, pos, hit, len(stored))
+        start = time.perf_counter()
+        if best is not None:
+            entry, pos, hit, n_stored = best
+            names = ("desc", "stats") if stats else ("desc",)
+            if hit.all() and n_stored == len(keys) and (pos == np.arange(len(keys))).all():
+                feats = {name: self.store.load_array(entry["files"][name]) for name in names}
+                if entry.get("fingerprint") != self._fingerprints()[part]:
+                    self._put(part, 0.0, entry["files"], version=gmvcl.FEATURES_VERSION, count=len(keys))
+                return feats  # the stored arrays as they are
+        feats = {"desc": np.empty((len(keys), gmvc.DESCRIPTOR_SIZE**2), np.float32)}
+        if stats:
+            feats["stats"] = np.empty((len(keys), len(gmvcl.STATISTICS)))
+        hit = np.zeros(len(keys), bool)
+        if best is not None:
+            entry, pos, hit, _ = best
+            for name, arr in feats.items():
+                arr[hit] = self.store.load_array(entry["files"][name])[pos[hit]]
+        if not hit.all():
+            new = gmvcl.read_features(paths[~hit], stats=stats)
+            for name, arr in feats.items():
+                arr[~hit] = new[name]
+        self._put_truth(what, keys, feats, time.perf_counter() - start)
+        return feats
+
+    def _put_truth(self, what, keys, feats, seconds):
+        part = TRUTH_PARTS[what]
+        files = {"keys": self.store.save_array(part + "_keys", np.asarray(keys, dtype=np.uint64))}
+        for name in ("desc", "stats"):
+            if name in feats:
+                files[name] = self.store.save_array("%s_%s" % (part, name), feats[name])
+        self._put(part, seconds, files, version=gmvcl.FEATURES_VERSION, count=len(keys))
 
     def _stage_fields(self, out, dists, idx, q, progress, truth):
         train_rows = self.train.alive_rows()

@@ -5,12 +5,16 @@ outcome; the environment (database URI, runs dir, GMV_CRASH_AT,
 GMV_PAUSE_AT) comes from the parent."""
 
 import json
+import os
 import sys
 import time
 
-import fiftyone as fo
+# this checkout's library, not whichever the environment installed (worktrees share one venv)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import gmv_plugin as gmv
+import fiftyone as fo  # noqa: E402
+
+import gmv_plugin as gmv  # noqa: E402
 
 
 def main(spec):

@@ -189,6 +189,23 @@ def test_truth_columns_from_paths_equal_arrays(mnist, tmp_path):
     assert c["generated"]["is_copy"].all() and c["train"]["implausibility"] is None
 
 
+def test_read_features_in_workers_equal_one_process_and_name_unreadable_files(mnist, tmp_path):
+    from gmv_plugin.images import ImageReadError
+
+    images, _ = mnist
+    paths = write_pngs(images[:300], tmp_path, "w")
+    many = gmvcl.read_features(paths, workers=2, chunk_size=64)
+    one = gmvcl.image_features(gmvc.read_gray(paths))
+    for name in ("desc", "stats"):
+        np.testing.assert_array_equal(many[name], one[name])
+    assert set(gmvcl.read_features(paths[:5], stats=False)) == {"desc"}
+    bad = str(tmp_path / "broken.png")
+    with open(bad, "wb") as f:
+        f.write(b"not a png")
+    with pytest.raises(ImageReadError, match="broken.png"):
+        gmvcl.read_features(paths[:100] + [bad], workers=2, chunk_size=64)
+
+
 # ----------------------------------------------------------------- pipeline
 
 
@@ -282,6 +299,70 @@ def test_pipeline_without_image_files_uses_the_value_alone(mnist, tmp_path):
         ds.delete()
 
 
+def test_truth_features_are_stored_and_read_once_per_image(mnist, tmp_path, monkeypatch):
+    """The pixel embedder's workers compute the truth features of the images
+    they decode; later values stages reuse the stored ones and read only new
+    or edited images; the columns equal those from the files."""
+    import os
+
+    import fiftyone as fo
+    import gmv_plugin as gmv
+    from PIL import Image
+
+    from gmv_plugin.store import RunStore
+
+    images, _ = mnist
+    train, gen = images[:200], np.concatenate([images[300:325], images[[4]]])
+    reads = []
+    real = gmvcl.read_features
+    monkeypatch.setattr(gmvcl, "read_features", lambda paths, **kw: reads.append(list(paths)) or real(paths, **kw))
+    ds = fo.Dataset()
+    try:
+        ds.add_samples([fo.Sample(filepath=p, tags=["train"]) for p in write_pngs(train, tmp_path, "t")])
+        ds.add_samples([fo.Sample(filepath=p, tags=["generated"]) for p in write_pngs(gen, tmp_path, "g")])
+        tv, gv = ds.match_tags("train"), ds.match_tags("generated")
+        paths, gpaths = tv.values("filepath"), gv.values("filepath")
+
+        def check(key, generated):
+            values, cleansing, copied_by = tv.values(["%s_value" % key, "%s_cleansing" % key, "%s_copied_by" % key])
+            exp = gmvcl.truth_from_features(np.array(values), real(paths), real(generated.values("filepath"), stats=False))
+            np.testing.assert_array_equal(cleansing, exp["train"]["cleansing"])
+            np.testing.assert_array_equal(copied_by, exp["train"]["copied_by"])
+            np.testing.assert_array_equal(generated.values("%s_copy_score" % key), exp["generated"]["copy_score"])
+            return RunStore(ds, key).manifest()["stages"]
+
+        gmv.compute_values(tv, gv.limit(20), key="gmv", model="pixels", k=5, progress=False)
+        stages = check("gmv", gv.limit(20))
+        assert reads == []  # computed by the embedding workers
+        assert stages["truth_train"]["count"] == 200 and stages["truth_generated"]["count"] == 20
+        gmv.assign_values(ds, key="gmv", progress=False)
+        assert reads == [] and check("gmv", gv.limit(20))["truth_train"] == stages["truth_train"]
+        gmv.update_values(ds, "gmv", gv, progress=False)
+        assert reads == [gpaths[20:]]  # only the new generated images
+        after = check("gmv", gv)
+        assert after["truth_train"] == stages["truth_train"] and after["truth_generated"]["count"] == 26
+        assert gv.values("gmv_is_copy")[-1]
+
+        # embeddings from a field, re-ranked on pixels: the values stage reads the images, once
+        emb = gmv.PixelEmbedder(size=28, mode="L")
+        ids, all_paths = ds.values(["id", "filepath"])
+        ds.set_values("emb", dict(zip(ids, [emb.embed(np.asarray(Image.open(p))) for p in all_paths])), key_field="id")
+        del reads[:]
+        field = dict(model=None, embeddings_field="emb", rerank="l2", k=5, progress=False)
+        gmv.compute_values(tv, gv, key="e", **field)
+        assert reads == [paths, gpaths]
+        gmv.assign_values(ds, key="e", progress=False)
+        assert reads == [paths, gpaths]
+        Image.fromarray(255 - train[7]).save(paths[7])  # edited: its key changes with size/mtime
+        st = os.stat(paths[7])
+        os.utime(paths[7], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        gmv.compute_values(tv, gv, key="e", overwrite=True, **field)
+        assert reads == [paths, gpaths, [paths[7]]]
+        check("e", gv)
+    finally:
+        ds.delete()
+
+
 def test_digit_attribute_fields_give_c2(digits_dataset):
     import gmv_plugin as gmv
     from gmv_plugin import evaluation as ev
@@ -296,3 +377,87 @@ def test_digit_attribute_fields_give_c2(digits_dataset):
     c2 = ev.identical_attributes(ds, "gmv", fields, ks=(5, 10))["identical_attributes"]
     # real digits: neighbours in pixel space share slant and width far above chance (1/3)
     assert c2["digit_slant"][5] > 0.45 and c2["digit_width"][5] > 0.45
+
+
+def test_block_sizes_equal_scipy_filters(mnist):
+    """The square-block statistics from window recurrences equal scipy.ndimage's
+    min/max filters (reflected borders), on digits, noise, plateaus and stripes."""
+    images, _ = mnist
+    rng = np.random.default_rng(5)
+    stacks = [images[:300]]
+    for h, w in ((8, 8), (9, 13), (28, 28), (33, 64)):
+        kinds = [rng.integers(0, 256, (40, h, w)), np.clip(rng.normal(128, 2, (40, h, w)), 0, 255),
+                 rng.integers(0, 4, (40, h, w)) * 60 + rng.integers(0, 3, (40, h, w))]
+        box = np.zeros((40, h, w))
+        for b in box:
+            b[rng.integers(0, h):, rng.integers(0, w):] = 200
+        stacks += [k.astype(np.uint8) for k in kinds] + [box.astype(np.uint8)]
+    for q in stacks:
+        x = q.astype(np.float64) / 255.0
+        flat = x.reshape(len(x), -1)
+        lo = np.percentile(flat, 5, axis=1)
+        rng_ = np.maximum(np.percentile(flat, 99.5, axis=1) - lo, 1e-3)
+        fast = gmvcl._largest_blocks(q, gmvcl._level_above(lo + 0.3 * rng_), gmvcl._level_above(lo + 0.5 * rng_))
+        ref = gmvcl._largest_blocks_small(x, lo[:, None, None], rng_[:, None, None])
+        np.testing.assert_array_equal(fast[0], ref[0])
+        np.testing.assert_array_equal(fast[1], ref[1])
+    assert ref[0].max() > 1 and ref[1].max() > 1  # the cases reach past the smallest block
+
+
+def _reference_statistics(x):
+    """image_statistics written plainly in float64 with scipy.ndimage filters
+    (the original formulation), for one (N, H, W) stack of 8-bit levels."""
+    from scipy import ndimage
+
+    n, h, w = x.shape
+    flat = x.reshape(n, -1)
+    border = np.concatenate([x[:, 0, :], x[:, -1, :], x[:, :, 0], x[:, :, -1]], axis=1)
+    lo, hi = np.percentile(flat, 5, axis=1), np.percentile(flat, 99.5, axis=1)
+    rng = np.maximum(hi - lo, 1e-3)
+    lo3, rng3 = lo[:, None, None], rng[:, None, None]
+    z = (x - lo3) / rng3
+    out = {"border_median": np.median(border, axis=1), "range": rng, "p05": lo}
+    out["midtone"] = ((z > 0.15) & (z < 0.85)).mean(axis=(1, 2))
+    med = ndimage.median_filter(x, size=(1, 3, 3))
+    out["impulse"] = np.abs(x - med).mean(axis=(1, 2)) / rng
+    out["impulse_share"] = (np.abs(x - med) > 0.5 * rng3).mean(axis=(1, 2))
+    gy, gx = np.gradient(x, axis=(1, 2))
+    grad = np.hypot(gx, gy)
+    lap = np.abs(4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:])
+    out["lap_over_grad"] = lap.mean(axis=(1, 2)) / np.maximum(grad.mean(axis=(1, 2)), 1e-6)
+    out["sharpness"] = np.percentile(grad.reshape(n, -1), 99, axis=1) / rng
+    dx, dy = np.abs(np.diff(x, axis=2)), np.abs(np.diff(x, axis=1))
+    act_x = np.maximum(x[:, :, 1:], x[:, :, :-1]) > lo3 + 0.2 * rng3
+    act_y = np.maximum(x[:, 1:, :], x[:, :-1, :]) > lo3 + 0.2 * rng3
+    eq = ((dx < 1.5 / 255) & act_x).sum(axis=(1, 2)) + ((dy < 1.5 / 255) & act_y).sum(axis=(1, 2))
+    out["plateau"] = eq / np.maximum(act_x.sum(axis=(1, 2)) + act_y.sum(axis=(1, 2)), 1)
+    colb, rowb = np.arange(w - 1) % 8 == 7, np.arange(h - 1) % 8 == 7
+    if colb.any() and rowb.any():
+        edge = dx[:, :, colb].mean(axis=(1, 2)) + dy[:, rowb, :].mean(axis=(1, 2))
+        inner = dx[:, :, ~colb].mean(axis=(1, 2)) + dy[:, ~rowb, :].mean(axis=(1, 2))
+        out["block8"] = edge / np.maximum(inner, 1e-6)
+    else:
+        out["block8"] = np.ones(n)
+    q = np.clip((x * 255).round(), 0, 255).astype(np.int64).reshape(n, -1)
+    present = np.zeros((n, 256), bool)
+    present[np.arange(n)[:, None], q] = True
+    out["levels"] = present.sum(axis=1) / 256.0
+    out["ink"] = (z > 0.5).mean(axis=(1, 2))
+    out["flat_block"], out["bright_block"] = gmvcl._largest_blocks_small(x, lo3, rng3)
+    return np.stack([out[s] for s in gmvcl.STATISTICS], axis=1)
+
+
+def test_image_statistics_equal_the_plain_float64_formulation(mnist):
+    """The uint8-level shortcuts (median network, level comparisons, block
+    recurrences) give the plain float64/scipy statistics bit for bit."""
+    images, _ = mnist
+    rng = np.random.default_rng(9)
+    cases = [images[:400], np.concatenate([fn(images[400 + 20 * i : 420 + 20 * i], rng)
+                                           for i, fn in enumerate(C.CORRUPTIONS.values())])]
+    for h, w in ((3, 9), (9, 13), (64, 33)):
+        cases.append(rng.integers(0, 256, (30, h, w)).astype(np.uint8))
+        cases.append((rng.integers(0, 4, (30, h, w)) * 60 + rng.integers(0, 3, (30, h, w))).astype(np.uint8))
+    for q in cases:
+        np.testing.assert_array_equal(gmvcl.image_statistics(q), _reference_statistics(q / 255.0))
+    floats = [im.astype(np.float32) / 255 + 1e-4 for im in images[:50]]
+    np.testing.assert_array_equal(gmvcl.image_statistics(floats), _reference_statistics(images[:50] / 255.0))

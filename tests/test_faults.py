@@ -25,8 +25,9 @@ from conftest import load_mnist, write_pngs
 HERE = os.path.dirname(os.path.abspath(__file__))
 OLD = dict(model="pixels", k=5, progress=False)
 NEW = dict(pixel_size=16, k=8, rerank="l2", quality="realism", temperature="auto")
-NEW_BEFORE_COMMIT = ["stage.embed_train", "stage.embed_generated", "stage.index", "stage.recall",
-                     "stage.rerank", "stage.quality", "fields.stage_chunk", "stage.values"]
+NEW_BEFORE_COMMIT = ["stage.embed_train", "stage.truth_train", "stage.embed_generated", "stage.truth_generated",
+                     "stage.index", "stage.recall", "stage.rerank", "stage.quality", "fields.stage_chunk",
+                     "stage.values"]
 NEW_AFTER_COMMIT = ["commit.journaled", "commit.declared", "commit.merged", "commit.fields",
                     "commit.config", "commit.results", "commit.manifest", "commit.done"]
 
@@ -160,7 +161,7 @@ def test_overwrite_crash_leaves_old_or_new_run(ds, refs, point):
 
 
 @pytest.mark.parametrize("point", ["stage.embed_generated", "stage.recall", "stage.quality",
-                                   "stage.values", "commit.journaled", "commit.merged", "commit.results"])
+                                   "stage.truth_generated", "stage.values", "commit.journaled", "commit.merged", "commit.results"])
 def test_update_crash_leaves_old_or_new_run(ds, refs, point):
     key = "up_" + point.replace(".", "_")
     compute(ds, key, **OLD)
