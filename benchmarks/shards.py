@@ -9,9 +9,16 @@ the single one bit for bit (every array file of the run and every field),
 and reports wall times, per-shard and reduce times, beside a bare numpy +
 FAISS computation of the same values on the same images.
 
-    .venv/bin/python -m benchmarks.shards [--train 20000] [--generated 16384]
+    .venv/bin/python -m benchmarks.shards [--train 20000] [--generated 16384] \
+        [--repeats 1] [--pngs DIR]
 
-Adds its figures to the runs in benchmarks/results/shards.json.
+``--pngs`` (or ``GMV_SCALE_PNG_DIR``) reads the scale benchmark's PNGs
+(``benchmarks/.cache/scale/png`` of a checkout that ran ``benchmarks.scale``;
+never written here) instead of writing its own; the issue's size is
+``--train 100000 --generated 10000``. Each run (about 12-14 minutes at that
+size on 2 loaded cores) adds its figures, with the load average at each
+start and the medians of its repeats, to its setting in
+benchmarks/results/shards.json.
 """
 
 import argparse
@@ -52,23 +59,37 @@ def images(n, seed):
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def build_dataset(n_train, n_gen):
+def build_dataset(n_train, n_gen, pngs=None):
+    """The dataset of ``n_train`` training and ``n_gen`` generated PNGs: the
+    scale benchmark's files under ``pngs`` (read only) when given, else PNGs
+    written here from :func:`images`."""
     from PIL import Image
 
     import fiftyone as fo
 
-    name = "gmv-shards-%d-%d" % (n_train, n_gen)
+    name = "gmv-shards-%s%d-%d" % ("scale-" if pngs else "", n_train, n_gen)
     if fo.dataset_exists(name):
         return fo.load_dataset(name)
-    d = CACHE / "png"
-    d.mkdir(parents=True, exist_ok=True)
     samples = []
-    for tag, arr in (("train", images(n_train, 0)), ("generated", images(n_gen, 1))):
-        for i, img in enumerate(arr):
-            p = d / ("%s_%06d.png" % (tag, i))
-            if not p.exists():
-                Image.fromarray(img).save(p)
-            samples.append(fo.Sample(filepath=str(p), tags=[tag]))
+    if pngs:
+        from benchmarks import scale_data
+
+        for tag, kind, n in (("train", "train", n_train), ("generated", "generated", n_gen)):
+            markers = [m for m in pathlib.Path(pngs).glob("%s.*.done" % kind) if int(m.name.split(".")[1]) >= n]
+            if not markers:
+                raise SystemExit("%s holds no %d %s PNGs (no %s.N.done marker with N >= %d); run "
+                                 "benchmarks.scale_data first" % (pngs, n, kind, kind, n))
+            rel = [os.path.relpath(p, scale_data.CACHE / "png") for p in scale_data.png_paths(kind, n)]
+            samples += [fo.Sample(filepath=os.path.join(pngs, r), tags=[tag]) for r in rel]
+    else:
+        d = CACHE / "png"
+        d.mkdir(parents=True, exist_ok=True)
+        for tag, arr in (("train", images(n_train, 0)), ("generated", images(n_gen, 1))):
+            for i, img in enumerate(arr):
+                p = d / ("%s_%06d.png" % (tag, i))
+                if not p.exists():
+                    Image.fromarray(img).save(p)
+                samples.append(fo.Sample(filepath=str(p), tags=[tag]))
     ds = fo.Dataset(name, persistent=True)
     ds.add_samples(samples, progress=False)
     return ds
@@ -122,6 +143,7 @@ def sharded(ds, key, n, env):
     workers = start_workers(n, env)
     try:
         time.sleep(5 + 4 * n)  # workers import FiftyOne and the plugin before the clock starts
+        load = os.getloadavg()[0]
         start = time.perf_counter()
         out = gmv.compute_values_sharded(ds.match_tags("train"), ds.match_tags("generated"), key=key,
                                          shards=n, progress=False, model=gmv.PixelEmbedder(mode="L"),
@@ -142,17 +164,30 @@ def sharded(ds, key, n, env):
     ds.reload()  # the reduce changed the run in a worker process
     shards = [d.result.result for d in docs[:-1]]
     reduce_doc = docs[-1]
+    reduce_s = (reduce_doc.completed_at - reduce_doc.started_at).total_seconds()
+    # what each worker process spent on operations (shards; the reduce waits, so it is apart)
+    per_worker = {}
+    for s in shards:
+        per_worker[s["pid"]] = per_worker.get(s["pid"], 0.0) + s["seconds"]
     return {
         "workers": n,
         "num_shards": out["num_shards"],
         "rows": [s.get("rows") for s in shards],
         "wall_s": wall,
         "plan_s": planned,
-        "shard_s": [s.get("seconds") for s in shards],
-        "reduce_s": (reduce_doc.completed_at - reduce_doc.started_at).total_seconds(),
-        "reduce_waited_from_s": (reduce_doc.started_at - docs[0].queued_at).total_seconds(),
+        "shard_s": [s["seconds"] for s in shards],
+        "shard_stage_s": [s["stage_seconds"] for s in shards],
+        "per_worker_shard_s": sorted(per_worker.values(), reverse=True),
+        "reduce_s": reduce_s,
+        "reduce_started_after_s": (reduce_doc.started_at - docs[0].queued_at).total_seconds(),
+        "load_1min_at_start": load,
         "timings": gmv.load_results(ds, key).timings,
     }
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
 def main():
@@ -160,6 +195,10 @@ def main():
     p.add_argument("--train", type=int, default=20_000)
     p.add_argument("--generated", type=int, default=16_384)
     p.add_argument("--workers", default="2,4")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--pngs", default=os.environ.get("GMV_SCALE_PNG_DIR"),
+                   help="the scale benchmark's PNG folder (benchmarks/.cache/scale/png), read only")
+    p.add_argument("--no-bare", action="store_true")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shards.json"))
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -178,54 +217,73 @@ def main():
 
     assert gmv.__file__.startswith(str(ROOT)), gmv.__file__
     t = time.perf_counter()
-    ds = build_dataset(args.train, args.generated)
+    ds = build_dataset(args.train, args.generated, args.pngs)
     print("dataset: %.1f s" % (time.perf_counter() - t), flush=True)
     for key in gmv.list_runs(ds):
         gmv.delete_run(ds, key)
 
-    start = time.perf_counter()
-    res = gmv.compute_values(ds.match_tags("train"), ds.match_tags("generated"), key="single",
-                             progress=False, model=gmv.PixelEmbedder(mode="L"), **CONFIG)
-    single = {"wall_s": time.perf_counter() - start, "timings": res.timings}
-    print("single: %.1f s" % single["wall_s"], flush=True)
-    ref = fingerprint(ds, "single")
-    runs = []
-    for n in [int(x) for x in args.workers.split(",")]:
-        key = "sharded_%d" % n
-        row = sharded(ds, key, n, env)
-        fp = fingerprint(ds, key)
-        row["identical_to_single"] = fp == ref
-        row["differing"] = sorted(k for k in ref if fp.get(k) != ref[k])
-        runs.append(row)
-        print("%d workers: %.1f s, identical=%s" % (n, row["wall_s"], row["identical_to_single"]), flush=True)
-        gmv.delete_run(ds, key)
-    bare_s = bare(ds, CONFIG["k"])
+    singles, ref, runs = [], None, {int(x): [] for x in args.workers.split(",")}
+    for rep in range(args.repeats):
+        load = os.getloadavg()[0]
+        start = time.perf_counter()
+        res = gmv.compute_values(ds.match_tags("train"), ds.match_tags("generated"), key="single",
+                                 progress=False, model=gmv.PixelEmbedder(mode="L"), **CONFIG)
+        singles.append({"wall_s": time.perf_counter() - start, "timings": res.timings,
+                        "load_1min_at_start": load})
+        fp = fingerprint(ds, "single")
+        if ref is None:
+            ref = fp
+        assert fp == ref, "two single-process runs differ"
+        print("single: %.1f s (load %.2f)" % (singles[-1]["wall_s"], load), flush=True)
+        gmv.delete_run(ds, "single")
+        for n in runs:
+            key = "sharded_%d" % n
+            row = sharded(ds, key, n, env)
+            fp = fingerprint(ds, key)
+            row["identical_to_single"] = fp == ref
+            row["differing"] = sorted(k for k in ref if fp.get(k) != ref[k])
+            runs[n].append(row)
+            print("%d workers: %.1f s (load %.2f), shards %s, reduce %.1f s, identical=%s" % (
+                n, row["wall_s"], row["load_1min_at_start"], ["%.1f" % x for x in row["shard_s"]],
+                row["reduce_s"], row["identical_to_single"]), flush=True)
+            gmv.delete_run(ds, key)
+    bare_s = None if args.no_bare else bare(ds, CONFIG["k"])
+    single_med = median([r["wall_s"] for r in singles])
     result = {
-        "setting": "%d training / %d generated MNIST-like PNGs, pixels 32x32 grey, %s"
-                   % (args.train, args.generated, CONFIG),
-        "single": single,
-        "sharded": runs,
+        "single": singles,
+        "sharded": [r for n in runs for r in runs[n]],
+        "median_wall_s": dict({"single": single_med},
+                              **{"%d_workers" % n: median([r["wall_s"] for r in runs[n]]) for n in runs}),
+        "median_max_shard_s": {"%d_workers" % n: median([max(r["shard_s"]) for r in runs[n]]) for n in runs},
+        "all_identical_to_single": all(r["identical_to_single"] for n in runs for r in runs[n]),
         "bare_s": bare_s,
-        "ratio_single_vs_bare": single["wall_s"] / bare_s,
-        "repeats": 1,
-        "machine": "%s, %d CPUs" % (platform.platform(), os.cpu_count()),
-        "date": time.strftime("%Y-%m-%d"),
-        "note": "workers are local processes on the same CPUs as everything else; each shard "
-                "holds whole blocks of %d generated samples" % gmv.shards.ALIGN,
+        "ratio_single_vs_bare": single_med / bare_s if bare_s else None,
+        "repeats": args.repeats,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "align": gmv.shards.ALIGN,
     }
-    runs_so_far = []  # earlier runs of the same setting stay beside this one
+    setting = ("%d training / %d generated MNIST-like PNGs%s, pixels 32x32 grey, %s"
+               % (args.train, args.generated, " (the scale benchmark's files)" if args.pngs else "", CONFIG))
+    out = {"machine": "%s, %d CPUs" % (platform.platform(), os.cpu_count()),
+           "note": "workers are local `fiftyone delegated launch` processes on the same 2 shared CPUs "
+                   "as everything else; a shard holds whole blocks of the recall's query batch; "
+                   "wall_s runs from the call of compute_values_sharded (training side planned in "
+                   "the caller) to the reduce's commit",
+           "settings": []}
     if os.path.isfile(args.out):
         with open(args.out) as f:
             old = json.load(f)
-        if old.get("setting") == result["setting"]:
-            runs_so_far = old.get("runs", [])
-    out = {k: result[k] for k in ("setting", "machine", "date", "note")}
-    out["runs"] = runs_so_far + [result]
+        out["settings"] = old.get("settings") or [{"setting": old["setting"], "runs": old["runs"]}]
+    for entry in out["settings"]:  # earlier runs of the same setting stay beside this one
+        if entry["setting"] == setting:
+            entry["runs"].append(result)
+            break
+    else:
+        out["settings"].append({"setting": setting, "runs": [result]})
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1, default=str)
-    print(json.dumps({"single_s": single["wall_s"], "bare_s": bare_s,
-                      "sharded": [(r["workers"], r["wall_s"], r["shard_s"], r["reduce_s"],
-                                   r["identical_to_single"]) for r in runs]}, indent=1))
+    print(json.dumps({k: result[k] for k in ("median_wall_s", "median_max_shard_s",
+                                             "all_identical_to_single", "bare_s")}, indent=1))
 
 
 if __name__ == "__main__":

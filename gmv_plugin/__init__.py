@@ -48,6 +48,8 @@ from gmv_plugin.shards import (
     compute_shard,
     compute_values_sharded,
     plan_shards,
+    plan_train_shards,
+    queue_generated,
     reduce_shards,
     shard_status,
 )

@@ -641,7 +641,13 @@ def _to_gpu(core, plan):
 # -- search -------------------------------------------------------------------
 
 
-def search(index, queries, k, params=None, batch_size=4096, vectors=None, info=None):
+# Queries per FAISS call. BLAS rounds a row's distances differently in batches
+# of different sizes, so sharded valuations (gmv_plugin.shards) align their
+# shards to this; 1024 is as fast as 4096 on CPU and allows finer shards.
+QUERY_BATCH = 1024
+
+
+def search(index, queries, k, params=None, batch_size=QUERY_BATCH, vectors=None, info=None):
     """Searches ``index`` for the ``k`` nearest rows to each query.
 
     Args:

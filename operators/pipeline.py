@@ -45,6 +45,8 @@ class ComputeValues(foo.Operator):
         return dict(key=key, **c.report_result(ctx.dataset, key))
 
     def resolve_output(self, ctx):
+        if not c.failed(ctx) and shards.num_shards(ctx) > 1:
+            return shards.queued_output(ctx)
         return c.report_output(ctx)
 
 

@@ -17,7 +17,13 @@ def add_shards(inputs, ctx):
                description="Split the generated samples into this many shards, each a separate "
                "delegated operation, then one reduce; every `fiftyone delegated launch` worker "
                "needs the same database, plugins directory and GMV_RUNS_DIR. A shard holds "
-               "whole blocks of %d generated samples; 1 = one process" % gmvshards.ALIGN)
+               "whole blocks of at least %d generated samples; 1 = one process" % gmvshards.ALIGN)
+    n = c.param(ctx, "shards", 1)
+    if isinstance(n, int) and n > 1:
+        inputs.int("train_shards", min=1, default=1, label="Training shards",
+                   description="Also embed the training samples in this many shards (delegated "
+                   "operations whose reduce builds the index, then queues the generated shards); "
+                   "1 = the training side is computed here, before the shards are queued")
 
 
 def num_shards(ctx):
@@ -29,12 +35,29 @@ def num_shards(ctx):
 
 def compute_sharded(ctx, train, generated, kwargs):
     """Plans the shards of a new run and queues them with the reduce."""
+    train_shards = c.param(ctx, "train_shards", 1)
+    if not isinstance(train_shards, int) or train_shards < 1:
+        raise ValueError("train_shards must be an integer >= 1; got %r" % (train_shards,))
     plan = gmvshards.compute_values_sharded(
-        train, generated, shards=num_shards(ctx),
+        train, generated, shards=num_shards(ctx), train_shards=train_shards if train_shards > 1 else None,
         progress=c.progress(ctx, "GMValuator %r (planning shards)" % kwargs["key"]), **kwargs)
     return {"key": kwargs["key"], "plan_id": plan["plan_id"], "num_shards": plan["num_shards"],
-            "summary": "Queued %d shard operations and a reduce (plan %s). Start `fiftyone "
-            "delegated launch` workers to run them." % (plan["num_shards"], plan["plan_id"])}
+            "summary": "Queued %d %sshard operations and a reduce (plan %s). Start `fiftyone "
+            "delegated launch` workers to run them; *GMValuator: compute one shard* shows their "
+            "progress, and the values appear when the reduce has run (reload the page)."
+            % (plan["num_shards"], "training " if plan["plan_id"].startswith(gmvshards.TRAIN_PREFIX) else "",
+               plan["plan_id"])}
+
+
+def queued_output(ctx):
+    """The output of a compute form that queued shards: what was queued and
+    how to follow it (no report yet: the reduce writes the values)."""
+    outputs = types.Object()
+    outputs.str("key", label="Run")
+    outputs.str("plan_id", label="Shard plan")
+    outputs.int("num_shards", label="Shards")
+    outputs.str("summary", label="Summary", view=types.MarkdownView())
+    return types.Property(outputs, view=types.View(label="GMValuator: shards queued"))
 
 
 def add_plan(inputs, ctx):
@@ -52,8 +75,9 @@ def add_plan(inputs, ctx):
             label="Run %r has no shard plan: compute values with several shards first" % key))
         return None
     inputs.str("plan_id", default=status["plan_id"], required=True, label="Shard plan")
-    inputs.view("plan_status", types.Notice(label="%d shards: done %s, running %s, pending %s" % (
-        status["num_shards"], status["done"], status["running"], status["pending"])))
+    inputs.view("plan_status", types.Notice(label="%s side, %d shards: done %s, running %s, pending %s" % (
+        "Training" if status["side"] == "train" else "Generated", status["num_shards"],
+        status["done"], status["running"], status["pending"])))
     return status
 
 
@@ -93,7 +117,7 @@ class ComputeGMVShard(foo.Operator):
         except gmvshards.PlanReducedError as e:  # the reduce computed it already
             return {"shard": shard, "skipped": str(e)}
         return {"shard": shard, "rows": record["rows"], "seconds": record["wall_seconds"],
-                "host": record["host"]}
+                "stage_seconds": record["seconds"], "host": record["host"], "pid": record["pid"]}
 
 
 class ReduceGMVShards(foo.Operator):
@@ -126,6 +150,15 @@ class ReduceGMVShards(foo.Operator):
             compute_missing=bool(c.param(ctx, "compute_missing", False)),
             progress=c.progress(ctx, "GMValuator %r reduce" % key),
         )
+        then = c.param(ctx, "then_shards")
+        if then:  # a training-side reduce: the generated side's shards come next
+            nxt = gmvshards.queue_generated(ctx.dataset, key, int(then),
+                                            wait=float(c.param(ctx, "then_wait", 24 * 3600)))
+            return {"key": key, "plan_id": nxt["plan_id"], "num_shards": nxt["num_shards"],
+                    "shard_operations": nxt["shard_operations"],
+                    "reduce_operation": nxt["reduce_operation"],
+                    "summary": "Training embeddings stored and index built; queued %d generated-side "
+                               "shards and their reduce (plan %s)" % (nxt["num_shards"], nxt["plan_id"])}
         ctx.ops.reload_dataset()
         return dict(key=key, **c.report_result(ctx.dataset, key))  # "summary": the report in markdown
 
