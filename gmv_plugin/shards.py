@@ -418,14 +418,39 @@ def _embed(valuation, view, path, progress):
                               batch_size=valuation.config.batch_size, progress=progress)
 
 
-def _compute(dataset, key, plan, shard, lock, progress):
-    start, stop = plan["shards"][shard]
+def _begin(dataset, key, plan, shard):
+    """``(rows, folder, clock, valuation)`` of a shard's attempt, in a fresh
+    folder (the leftovers of a killed attempt are removed)."""
     sdir = _shard_dir(dataset, key, plan["plan_id"], shard)
-    shutil.rmtree(sdir, ignore_errors=True)  # leftovers of a killed attempt
+    shutil.rmtree(sdir, ignore_errors=True)
     os.makedirs(sdir)
-    started = _now()
-    t0 = time.perf_counter()
-    valuation = _valuation_for(dataset, key, plan)
+    clock = (_now(), time.perf_counter())
+    return plan["shards"][shard], sdir, clock, _valuation_for(dataset, key, plan)
+
+
+def _seal_embeddings(tmp, sdir, got, emb, ids, what, shard):
+    """Checks a shard's embeddings and moves them to ``emb.npy`` (durably)."""
+    if list(got) != ids.tolist():
+        raise RuntimeError("The %s samples of shard %d changed while they were embedded; "
+                           "plan again" % (what, shard))
+    gmvp._check_finite(emb, ids)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(sdir, "emb.npy"))
+
+
+def _finish(sdir, lock, clock, record, crash):
+    """Writes the shard's ``done.json`` while its lock is still held."""
+    lock.check()
+    record.update(wall_seconds=time.perf_counter() - clock[1], host=socket.gethostname(),
+                  pid=os.getpid(), started_at=clock[0], finished_at=_now())
+    gmvstore.write_json(os.path.join(sdir, "done.json"), record)
+    crashpoint(crash)
+    return record
+
+
+def _compute(dataset, key, plan, shard, lock, progress):
+    (start, stop), sdir, clock, valuation = _begin(dataset, key, plan, shard)
     gen = valuation.gen
     ids, paths = gen.ids[start:stop], gen.paths[start:stop]
     seconds = {}
@@ -434,14 +459,8 @@ def _compute(dataset, key, plan, shard, lock, progress):
     tmp = os.path.join(sdir, "emb.npy.tmp")
     got, emb = _embed(valuation, dataset.select(ids.tolist(), ordered=True), tmp,
                       gmvp._stage_progress(progress, "embed"))
-    if list(got) != ids.tolist():
-        raise RuntimeError("The generated samples of shard %d changed while they were embedded; "
-                           "plan again" % shard)
-    gmvp._check_finite(emb, ids)
     emb = np.array(emb)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(sdir, "emb.npy"))
+    _seal_embeddings(tmp, sdir, got, emb, ids, "generated", shard)
     seconds["embed_generated"] = time.perf_counter() - t
     crashpoint("shard.embedded")
 
@@ -466,26 +485,13 @@ def _compute(dataset, key, plan, shard, lock, progress):
     seconds["quality"] = time.perf_counter() - t
     crashpoint("shard.scored")
 
-    lock.check()
-    record = {
-        "shard": shard, "rows": [start, stop], "seconds": seconds,
-        "wall_seconds": time.perf_counter() - t0, "host": socket.gethostname(), "pid": os.getpid(),
-        "started_at": started, "finished_at": _now(),
-    }
-    gmvstore.write_json(os.path.join(sdir, "done.json"), record)
-    crashpoint("shard.done")
-    return record
+    return _finish(sdir, lock, clock, {"shard": shard, "rows": [start, stop], "seconds": seconds},
+                   "shard.done")
 
 
 def _compute_train(dataset, key, plan, shard, lock, progress):
     """Embeds the training rows of ``shard`` into the shard's ``emb.npy``."""
-    start, stop = plan["shards"][shard]
-    sdir = _shard_dir(dataset, key, plan["plan_id"], shard)
-    shutil.rmtree(sdir, ignore_errors=True)  # leftovers of a killed attempt
-    os.makedirs(sdir)
-    started = _now()
-    t0 = time.perf_counter()
-    valuation = _valuation_for(dataset, key, plan)
+    (start, stop), sdir, clock, valuation = _begin(dataset, key, plan, shard)
     ids, paths = valuation.train.ids[start:stop], valuation.train.paths[start:stop]
     model = None
     if valuation._model is not None and not (valuation.config.embeddings_field and valuation._field_complete()):
@@ -496,26 +502,13 @@ def _compute_train(dataset, key, plan, shard, lock, progress):
                                   batch_size=valuation.config.batch_size,
                                   progress=gmvp._stage_progress(progress, "embed"),
                                   ids=ids.tolist(), paths=paths.tolist())
-    if list(got) != ids.tolist():
-        raise RuntimeError("The training samples of shard %d changed while they were embedded; "
-                           "plan again" % shard)
-    gmvp._check_finite(emb, ids)
     dim = int(emb.shape[1])
+    _seal_embeddings(tmp, sdir, got, emb, ids, "training", shard)
     del emb
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(sdir, "emb.npy"))
     crashpoint("train_shard.embedded")
-    lock.check()
-    seconds = time.perf_counter() - t0
-    record = {
-        "shard": shard, "side": "train", "rows": [start, stop], "dim": dim,
-        "seconds": {"embed_train": seconds}, "wall_seconds": seconds,
-        "host": socket.gethostname(), "pid": os.getpid(), "started_at": started, "finished_at": _now(),
-    }
-    gmvstore.write_json(os.path.join(sdir, "done.json"), record)
-    crashpoint("train_shard.done")
-    return record
+    seconds = time.perf_counter() - clock[1]
+    return _finish(sdir, lock, clock, {"shard": shard, "side": "train", "rows": [start, stop], "dim": dim,
+                                       "seconds": {"embed_train": seconds}}, "train_shard.done")
 
 
 # --- status and reduce ----------------------------------------------------------
