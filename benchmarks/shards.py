@@ -28,7 +28,6 @@ import json
 import os
 import pathlib
 import platform
-import subprocess
 import sys
 import time
 
@@ -117,22 +116,6 @@ def fingerprint(ds, key):
     return out
 
 
-def start_workers(n, env):
-    cli = os.path.join(os.path.dirname(sys.executable), "fiftyone")
-    return [subprocess.Popen([cli, "delegated", "launch"], env=env, cwd=str(ROOT),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(n)]
-
-
-def stop_workers(workers):
-    for w in workers:
-        w.terminate()
-    for w in workers:
-        try:
-            w.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            w.kill()
-
-
 def sharded(ds, key, n, env):
     from bson import ObjectId
     from fiftyone.operators.delegated import DelegatedOperationService
@@ -140,8 +123,10 @@ def sharded(ds, key, n, env):
     import gmv_plugin as gmv
 
     svc = DelegatedOperationService()
-    workers = start_workers(n, env)
-    try:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from browser import delegated_workers
+
+    with delegated_workers(n, env):
         time.sleep(5 + 4 * n)  # workers import FiftyOne and the plugin before the clock starts
         load = os.getloadavg()[0]
         start = time.perf_counter()
@@ -156,8 +141,6 @@ def sharded(ds, key, n, env):
                 break
             time.sleep(0.2)
         wall = time.perf_counter() - start
-    finally:
-        stop_workers(workers)
     failed = [(d.label, d.result.error if d.result else None) for d in docs if d.run_state != "completed"]
     if failed:
         raise RuntimeError("Operations failed: %s" % failed)

@@ -237,6 +237,22 @@ def session_database_uri() -> str:
 
 
 @contextlib.contextmanager
+def delegated_workers(n: int, env: dict | None = None):
+    """``n`` ``fiftyone delegated launch`` workers that import this checkout's
+    plugin library; terminated (then killed) on exit."""
+    env = dict(os.environ if env is None else env, PYTHONPATH=str(ROOT))
+    cli = os.path.join(os.path.dirname(sys.executable), "fiftyone")
+    workers = [subprocess.Popen([cli, "delegated", "launch"], env=env, cwd=str(ROOT),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for _ in range(n)]
+    try:
+        yield workers
+    finally:
+        for w in workers:
+            _stop(w, timeout=30)
+
+
+@contextlib.contextmanager
 def app_server(
     database_uri: str | None = None, port: int | None = None, env: dict | None = None
 ):

@@ -3,9 +3,6 @@ compute form's "Shards" field queues shard operations and a reduce, which
 two `fiftyone delegated launch` workers run; the values land on the dataset
 and show in the App. Screenshots go to ``test-artifacts/shards-*.png``."""
 
-import os
-import subprocess
-import sys
 import time
 import uuid
 
@@ -14,7 +11,6 @@ import pytest
 from browser import open_operator_browser, screenshot, wait_for_grid
 
 import gmv_plugin as gmv
-from conftest import ROOT
 from gmv_testdata import make_digits_dataset
 
 app_url = browser.app_url
@@ -47,21 +43,6 @@ def _form(page, search):
     return modal
 
 
-def _workers(n):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cli = os.path.join(os.path.dirname(sys.executable), "fiftyone")
-    return [subprocess.Popen([cli, "delegated", "launch"], env=env, cwd=str(ROOT),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(n)]
-
-
-def _stop(workers):
-    for w in workers:
-        w.terminate()
-    for w in workers:
-        try:
-            w.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            w.kill()
 
 
 def test_sharded_run_from_the_compute_form(app_url, page, ds):
@@ -110,16 +91,13 @@ def test_sharded_run_from_the_compute_form(app_url, page, ds):
            if op.operator.startswith("@gmvaluator/gmv/") and op.run_state == "queued"]
     assert sorted(op.operator.split("/")[-1] for op in ops) == [
         "compute_gmv_shard", "compute_gmv_shard", "reduce_gmv_shards"]
-    workers = _workers(2)
-    try:
+    with browser.delegated_workers(2):
         deadline = time.time() + 300
         while time.time() < deadline:
             states = [svc.get(ObjectId(str(op.id))).run_state for op in ops]
             if all(s in ("completed", "failed") for s in states):
                 break
             time.sleep(1)
-    finally:
-        _stop(workers)
     docs = [svc.get(ObjectId(str(op.id))) for op in ops]
     assert [d.run_state for d in docs] == ["completed"] * 3, [(d.label, d.result) for d in docs]
 

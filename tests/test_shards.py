@@ -2,7 +2,6 @@
 children, by real `fiftyone delegated launch` workers) reduce to exactly the
 run a single process computes: same fields, same array files bit for bit."""
 
-import json
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from gmv_plugin import shards as gmvshards
 from gmv_plugin import store as gmvstore
 from gmv_plugin.faults import CRASH_EXIT_CODE
 
+from browser import delegated_workers
 from conftest import ROOT, load_mnist, write_pngs
 from test_faults import diff, leftovers, snapshot
 
@@ -165,12 +165,7 @@ def test_delegated_workers_compute_a_sharded_run(ds, ref):
     assert out["num_shards"] == 3 and len(out["shard_operations"]) == 3
     queued = sorted(op.operator for op in svc.list_operations(dataset_name=ds.name, run_state="queued"))
     assert queued == ["@gmvaluator/gmv/compute_gmv_shard"] * 3 + ["@gmvaluator/gmv/reduce_gmv_shards"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cli = os.path.join(os.path.dirname(sys.executable), "fiftyone")
-    workers = [subprocess.Popen([cli, "delegated", "launch"], env=env, cwd=str(ROOT),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-               for _ in range(2)]
-    try:
+    with delegated_workers(2):
         deadline = time.time() + 240
         ids = out["shard_operations"] + [out["reduce_operation"]]
         while time.time() < deadline:
@@ -182,14 +177,6 @@ def test_delegated_workers_compute_a_sharded_run(ds, ref):
         assert [d.run_state for d in docs] == ["completed"] * 4, [(d.run_state, d.result) for d in docs]
         hosts = {d.result.result["shard"]: d.result.result for d in docs[:3]}
         assert sorted(hosts) == [0, 1, 2]
-    finally:
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            try:
-                w.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                w.kill()
     check_equal(ds, "dl", ref)
     gmv.delete_run(ds, "dl")
 
@@ -359,11 +346,6 @@ def test_delegated_workers_shard_both_sides(ds, ref):
                                      shards=2, train_shards=2, progress=False, **options())
     assert out["plan_id"].startswith("train-") and out["num_shards"] == 2
     assert gmvstore.RunStore(ds, "both").manifest()["stages"] == {}  # nothing computed here
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cli = os.path.join(os.path.dirname(sys.executable), "fiftyone")
-    workers = [subprocess.Popen([cli, "delegated", "launch"], env=env, cwd=str(ROOT),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-               for _ in range(2)]
 
     def finish(ids, deadline):
         while time.time() < deadline:
@@ -374,21 +356,13 @@ def test_delegated_workers_shard_both_sides(ds, ref):
         assert [d.run_state for d in docs] == ["completed"] * len(ids), [(d.label, d.result) for d in docs]
         return docs
 
-    try:
+    with delegated_workers(2):
         deadline = time.time() + 300
         docs = finish(out["shard_operations"] + [out["reduce_operation"]], deadline)
         assert all(d.result.result["rows"] for d in docs[:2])
         nxt = docs[-1].result.result
         assert nxt["num_shards"] == 2 and not nxt["plan_id"].startswith("train-")
         finish(nxt["shard_operations"] + [nxt["reduce_operation"]], deadline)
-    finally:
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            try:
-                w.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                w.kill()
     check_equal(ds, "both", ref)
     gmv.delete_run(ds, "both")
 
