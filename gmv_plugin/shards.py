@@ -148,6 +148,17 @@ def alignment(valuation, side="generated"):
     return math.lcm(int(query), model, CHUNK)
 
 
+def _new_plan_dir(dataset, key, valuation, plan_id, side, which):
+    """A new plan's folder holding ``side``'s ids, paths and keys; the older
+    plans of the ``which`` side are cleared first."""
+    _clear_plans(os.path.join(valuation.store.dir, gmvstore.SHARDS), which)
+    pdir = _plan_dir(dataset, key, plan_id)
+    os.makedirs(pdir)
+    for name, arr in (("ids", side.ids.astype(str)), ("paths", side.paths.astype(str)), ("keys", side.keys)):
+        _save(os.path.join(pdir, name + ".npy"), arr)
+    return pdir
+
+
 def shard_bounds(n, num_shards, align=ALIGN):
     """Row ranges ``[(start, stop), ...]`` of at most ``num_shards``
     contiguous shards of ``n`` rows, each a whole number of ``align``-row
@@ -193,12 +204,7 @@ def plan_shards(samples, key, num_shards, progress=None):
         lock.check()
 
         plan_id = uuid.uuid4().hex[:12]
-        _clear_plans(os.path.join(valuation.store.dir, gmvstore.SHARDS), "generated")
-        pdir = _plan_dir(dataset, key, plan_id)
-        os.makedirs(pdir)
-        _save(os.path.join(pdir, "ids.npy"), gen.ids.astype(str))
-        _save(os.path.join(pdir, "paths.npy"), gen.paths.astype(str))
-        _save(os.path.join(pdir, "keys.npy"), gen.keys)
+        pdir = _new_plan_dir(dataset, key, valuation, plan_id, gen, "generated")
         align = alignment(valuation)
         bounds = shard_bounds(len(gen), num_shards, align)
         if len(bounds) < num_shards:
@@ -266,12 +272,7 @@ def plan_train_shards(samples, key, num_shards, progress=None):
         if train.alive is not None:
             train = gmvp.SampleSet.read(valuation.train_view, "training", **valuation._keys)
         plan_id = TRAIN_PREFIX + uuid.uuid4().hex[:12]
-        _clear_plans(os.path.join(valuation.store.dir, gmvstore.SHARDS), "train")
-        pdir = _plan_dir(dataset, key, plan_id)
-        os.makedirs(pdir)
-        _save(os.path.join(pdir, "ids.npy"), train.ids.astype(str))
-        _save(os.path.join(pdir, "paths.npy"), train.paths.astype(str))
-        _save(os.path.join(pdir, "keys.npy"), train.keys)
+        pdir = _new_plan_dir(dataset, key, valuation, plan_id, train, "train")
         align = alignment(valuation, "train")
         bounds = shard_bounds(len(train), num_shards, align)
         valuation.train = train
