@@ -146,19 +146,57 @@ def _median3x3(q):
     return _med3(most_lo, _med3(mid[:, :, :-2], mid[:, :, 1:-1], mid[:, :, 2:]), least_hi)
 
 
+def _lerp(a, b, t):
+    """numpy's linear interpolation of quantiles, operation for operation (so
+    the result equals ``np.percentile``'s bit for bit)."""
+    diff = b - a
+    return np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)
+
+
+def _virtual_ranks(count, pct):
+    """``np.percentile``'s (linear method) neighbouring ranks and weight of
+    percentile ``pct`` among ``count`` sorted values."""
+    vi = (count - 1) * (pct / 100)
+    if vi >= count - 1:
+        return count - 1, count - 1, vi - np.floor(vi)
+    lo = int(np.floor(vi))
+    return lo, lo + 1, vi - lo
+
+
+def _row_percentile(a, pct):
+    """``np.percentile(a, pct, axis=1)`` of a float ``(N, M)`` array, with one
+    partition of the two ranks it needs."""
+    r0, r1, t = _virtual_ranks(a.shape[1], pct)
+    part = np.partition(a, sorted({r0, r1}), axis=1)
+    return _lerp(part[:, r0], part[:, r1], t)
+
+
 def _statistics_same_size(q):
     """:func:`image_statistics` for a uint8 ``(N, H, W)`` stack. Comparisons
-    of levels run on the uint8 levels; what is averaged is float64 in [0, 1]."""
+    of levels run on the uint8 levels; what is averaged is float64 in [0, 1].
+    Level percentiles and shares of levels come from each image's histogram
+    of levels (order statistics and counts are exact)."""
     n, h, w = q.shape
+    npx = h * w
     x = LEVELS[q]
-    flat = x.reshape(n, -1)
+    rows = np.arange(n, dtype=np.intp)
+    hist = np.bincount((q.reshape(n, -1) + (rows * 256)[:, None]).ravel(), minlength=256 * n).reshape(n, 256)
+    cum = hist.cumsum(axis=1)
+
+    def level_percentile(pct):
+        r0, r1, t = _virtual_ranks(npx, pct)
+        return _lerp(LEVELS[(cum <= r0).sum(axis=1)], LEVELS[(cum <= r1).sum(axis=1)], t)
+
+    def share(mask):  # share of the pixels whose level is in ``mask`` (n, 256)
+        return (hist * mask).sum(axis=1) / npx
+
     border = np.concatenate([x[:, 0, :], x[:, -1, :], x[:, :, 0], x[:, :, -1]], axis=1)
-    lo, hi = np.percentile(flat, [5, 99.5], axis=1)
+    lo, hi = level_percentile(5), level_percentile(99.5)
     rng = np.maximum(hi - lo, 1e-3)
-    lo3, rng3 = lo[:, None, None], rng[:, None, None]
-    z = (x - lo3) / rng3
+    rng3 = rng[:, None, None]
+    z = (LEVELS[None, :] - lo[:, None]) / rng[:, None]  # per level, as (x - lo) / rng per pixel
     out = {"border_median": np.median(border, axis=1), "range": rng, "p05": lo}
-    out["midtone"] = ((z > 0.15) & (z < 0.85)).mean(axis=(1, 2))
+    out["midtone"] = share((z > 0.15) & (z < 0.85))
     resid = np.abs(x - LEVELS[_median3x3(q)])
     out["impulse"] = resid.mean(axis=(1, 2)) / rng
     out["impulse_share"] = (resid > 0.5 * rng3).mean(axis=(1, 2))
@@ -166,7 +204,7 @@ def _statistics_same_size(q):
     grad = np.hypot(gx, gy)
     lap = np.abs(4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:])
     out["lap_over_grad"] = lap.mean(axis=(1, 2)) / np.maximum(grad.mean(axis=(1, 2)), 1e-6)
-    out["sharpness"] = np.percentile(grad.reshape(n, -1), 99, axis=1) / rng
+    out["sharpness"] = _row_percentile(grad.reshape(n, -1), 99) / rng
     # flat pairs (levels within 1) among bright pairs (either level above lo + 0.2 range)
     bright = _level_above(lo + 0.2 * rng).astype(np.int16)[:, None, None]
     qi = q.astype(np.int16)
@@ -183,18 +221,26 @@ def _statistics_same_size(q):
         out["block8"] = edge / np.maximum(inner, 1e-6)
     else:
         out["block8"] = np.ones(n)
-    present = np.zeros((n, 256), bool)
-    present[np.arange(n)[:, None], q.reshape(n, -1)] = True
-    out["levels"] = present.sum(axis=1) / 256.0
-    out["ink"] = (z > 0.5).mean(axis=(1, 2))
+    out["levels"] = (hist > 0).sum(axis=1) / 256.0
+    out["ink"] = share(z > 0.5)
 
     if min(h, w) > MAX_BLOCK // 2:
         out["flat_block"], out["bright_block"] = _largest_blocks(
             q, _level_above(lo + 0.3 * rng), _level_above(lo + 0.5 * rng)
         )
     else:
-        out["flat_block"], out["bright_block"] = _largest_blocks_small(x, lo3, rng3)
+        out["flat_block"], out["bright_block"] = _largest_blocks_small(x, lo[:, None, None], rng3)
     return np.stack([out[s] for s in STATISTICS], axis=1)
+
+
+BLOCK_PIXELS = 50_000  # pixels per block of images: its float64 arrays stay in the CPU's cache
+
+
+def block_rows(shape):
+    """Images of ``shape`` computed together: per-image statistics do not
+    depend on the block, and blocks small enough for the cache run about 1.5x
+    faster than large ones."""
+    return max(1, BLOCK_PIXELS // max(1, int(np.prod(shape))))
 
 
 def image_statistics(images):
@@ -230,11 +276,12 @@ def image_statistics(images):
         stack = np.stack([items[i] for i in rows]) if not isinstance(items, np.ndarray) else items[rows]
         if len(stack) and len(shape) != 2:
             raise ValueError("image_statistics takes grayscale (H, W) images; got shape %s" % (shape,))
-        for s in range(0, len(rows), 2048):  # float64 copies only per block
-            q = stack[s : s + 2048]
+        step = block_rows(shape)
+        for s in range(0, len(rows), step):
+            q = stack[s : s + step]
             if q.dtype != np.uint8:  # 8-bit levels, as images on disk have
                 q = np.round(np.clip(q.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
-            out[rows[s : s + 2048]] = _statistics_same_size(q)
+            out[rows[s : s + step]] = _statistics_same_size(q)
     return out
 
 

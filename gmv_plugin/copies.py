@@ -34,6 +34,7 @@ CONTENT_THRESHOLD = 0.2  # share of the smoothed content's maximum
 GYRATION_SPAN = 2.0  # the descriptor spans this many radii of gyration each side
 COPY_THRESHOLD = 0.45
 COPY_SCORE_FLOOR = -10.0  # scores below are reported as this (finite in the fields)
+BLOCK_PIXELS = 50_000  # float32 pixels per block of images: the arrays stay in the CPU's cache
 DUPLICATE_LOOKAHEAD = 8  # neighbours searched past exact duplicates for d2 and r
 
 
@@ -79,7 +80,7 @@ def copy_descriptor(image, size=DESCRIPTOR_SIZE):
     return copy_descriptors([image], size=size)[0]
 
 
-def copy_descriptors(images, flip=False, size=DESCRIPTOR_SIZE, batch_size=4096):
+def copy_descriptors(images, flip=False, size=DESCRIPTOR_SIZE, batch_size=None):
     """Descriptors (see :func:`copy_descriptor`) of grayscale images: an
     ``(N, H, W)`` array or a list of ``(H, W)`` arrays of any sizes, uint8
     or float in [0, 1]. ``flip=True`` describes the images mirrored left to
@@ -96,8 +97,9 @@ def copy_descriptors(images, flip=False, size=DESCRIPTOR_SIZE, batch_size=4096):
     for (shape, is_u8), rows in groups.items():
         if len(shape) != 2:
             raise ValueError("copy descriptors take grayscale (H, W) images; got shape %s" % (shape,))
-        for s in range(0, len(rows), batch_size):
-            part = rows[s : s + batch_size]
+        step = batch_size or max(1, (2 * BLOCK_PIXELS) // max(1, shape[0] * shape[1]))
+        for s in range(0, len(rows), step):
+            part = rows[s : s + step]
             x = np.stack([np.asarray(images[i]) for i in part]).astype(np.float32)
             if is_u8:
                 x /= 255.0
