@@ -177,6 +177,8 @@ def _statistics_same_size(q):
     Level percentiles and shares of levels come from each image's histogram
     of levels (order statistics and counts are exact)."""
     n, h, w = q.shape
+    if n == 1:  # numpy reduces a single image in another order: one of two, as in any block
+        return _statistics_same_size(np.concatenate([q, q]))[:1]
     npx = h * w
     x = LEVELS[q]
     rows = np.arange(n, dtype=np.intp)
