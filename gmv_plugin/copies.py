@@ -118,10 +118,18 @@ def gray_array(image, max_side=64):
     from PIL import Image
 
     im = image.convert("L")
-    if max(im.size) > max_side:
-        s = max_side / float(max(im.size))
-        im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), Image.BILINEAR)
+    h, w = gray_size(im.size[1], im.size[0], max_side)
+    if (h, w) != (im.size[1], im.size[0]):
+        im = im.resize((w, h), Image.BILINEAR)
     return np.asarray(im, dtype=np.uint8)
+
+
+def gray_size(h, w, max_side=64):
+    """``(height, width)`` of an ``h x w`` image in :func:`gray_array`."""
+    if max(h, w) <= max_side:
+        return h, w
+    s = max_side / float(max(h, w))
+    return max(1, round(h * s)), max(1, round(w * s))
 
 
 def read_gray(paths, max_side=64):

@@ -21,7 +21,7 @@ from PIL import Image
 
 from gmv_plugin import copies as gmvc
 from gmv_plugin.arrays import NpyWriter, iter_rows
-from gmv_plugin.images import find_unreadable, to_pil
+from gmv_plugin.images import find_unreadable, read_gray_png, resize_gray, to_pil
 
 logger = logging.getLogger(__name__)
 
@@ -142,34 +142,72 @@ def _stack_modes(vecs, gray):
 def _decode_chunk(args):
     """Worker: pixel embeddings of ``paths``; ``(array, is_rgb, failed,
     truth)``: with ``truth`` (``{"stats": bool}``) the truth columns'
-    features of the same decoded images (:func:`gmv_plugin.cleansing.image_features`)."""
+    features of the same decoded images (:func:`gmv_plugin.cleansing.image_features`).
+
+    Plain 8-bit grayscale PNGs are decoded with OpenCV and resized together
+    (:func:`gmv_plugin.images.resize_gray`, bit for bit PIL's bilinear
+    resize); other files go through PIL one by one."""
     paths, size, mode = args[:3]
     truth = args[3] if len(args) > 3 else None
-    vecs, gray, failed, grays = [], [], [], []
+    n = len(paths)
+    vecs = np.zeros((n, size * size), np.float32)
+    colour = {}  # position -> RGB embedding
+    failed, grays, plain = [], [None] * n, {}
     for i, path in enumerate(paths):
+        arr = None
+        if mode != "RGB":
+            try:
+                arr = read_gray_png(path)
+            except OSError:
+                arr = None  # PIL below reports what is wrong
+        if arr is not None:
+            plain.setdefault(arr.shape, []).append(i)
+            grays[i] = arr
+            continue
         try:
             with Image.open(path) as img:
                 if truth is not None:
-                    grays.append(gmvc.gray_array(img))
+                    grays[i] = gmvc.gray_array(img)
                 m = mode if mode != "auto" else ("L" if img.mode in GRAY_MODES else "RGB")
                 if img.mode != m:
                     img = img.convert(m)
                 img = img.resize((size, size), Image.BILINEAR)
-                vecs.append(_normalized(np.asarray(img, dtype=np.float32).ravel() / 255.0))
-                gray.append(m == "L")
+                vec = _normalized(np.asarray(img, dtype=np.float32).ravel() / 255.0)
+                if m == "L":
+                    vecs[i] = vec
+                else:
+                    colour[i] = vec
         except Exception:  # noqa: BLE001 - reported by path in the caller
             failed.append(i)
-            vecs.append(np.zeros(size * size, dtype=np.float32))
-            gray.append(True)
-            if truth is not None and len(grays) == i:
-                grays.append(np.zeros((1, 1), np.uint8))
-    arr = _stack_modes(vecs, gray) if vecs else np.zeros((0, size * size), np.float32)
+            grays[i] = np.zeros((1, 1), np.uint8)
+    for shape, rows in plain.items():
+        stack = np.stack([grays[i] for i in rows])
+        small = _resized(stack, size, size).reshape(len(rows), -1).astype(np.float32) / 255.0
+        norms = np.array([np.linalg.norm(v) for v in small], np.float32)
+        vecs[rows] = np.where(norms[:, None] > 0, small / np.where(norms > 0, norms, 1)[:, None], small)
+        gh, gw = gmvc.gray_size(shape[0], shape[1])
+        if (gh, gw) != shape:
+            for i, g in zip(rows, _resized(stack, gw, gh)):
+                grays[i] = g
+    if colour:
+        arr = np.stack([colour[i] if i in colour else gray_to_rgb(vecs[i]) for i in range(n)])
+    else:
+        arr = vecs
     feats = None
     if truth is not None and not failed:
         from gmv_plugin import cleansing as gmvcl
 
         feats = gmvcl.image_features(grays, stats=truth["stats"])
-    return arr.astype(np.float32, copy=False), not all(gray), failed, feats
+    return arr, bool(colour), failed, feats
+
+
+def _resized(stack, width, height):
+    """:func:`gmv_plugin.images.resize_gray`, or PIL image by image where it
+    does not reproduce PIL for these sizes."""
+    out = resize_gray(stack, width, height)
+    if out is None:
+        out = np.stack([np.asarray(Image.fromarray(a).resize((width, height), Image.BILINEAR)) for a in stack])
+    return out
 
 
 def resolve_model(model):
