@@ -9,10 +9,13 @@ FiftyOne's ``compute_embeddings``. An ``embeddings_field`` can also receive
 new embeddings.
 """
 
+import contextlib
 import io
 import logging
 import os
+import threading
 import zlib
+from collections import deque
 
 import numpy as np
 import fiftyone.core.models as fom
@@ -397,32 +400,63 @@ def embed_paths(paths, path, embedder, workers=None, chunk_size=1024, progress=N
     return resolved, failed
 
 
+_HELD = threading.local()  # the pool of decode_pool(), per thread
+
+
+@contextlib.contextmanager
+def decode_pool(enabled=True, workers=None):
+    """Keeps one forked pool of decode workers for every :func:`map_chunks`
+    call of this thread inside the block (e.g. a run's training and
+    generated images), instead of one pool per call."""
+    workers = decode_workers() if workers is None else workers
+    if not enabled or workers <= 1 or getattr(_HELD, "pool", None) is not None:
+        yield
+        return
+    import multiprocessing as mp
+
+    pool = mp.get_context("fork").Pool(workers)
+    _HELD.pool, _HELD.workers, _HELD.pid = pool, workers, os.getpid()
+    try:
+        yield
+    finally:
+        _HELD.pool = None
+        pool.terminate()
+        pool.join()
+
+
 def map_chunks(fn, tasks, workers=None):
     """``fn(task)`` for each task, in order; a forked pool of ``workers``
-    processes (default :func:`decode_workers`; the tasks only touch PIL and
-    numpy) keeps at most ``2 * workers`` tasks in flight."""
+    processes (default :func:`decode_workers`; the tasks only touch PIL,
+    OpenCV and numpy) keeps at most ``2 * workers`` tasks in flight. Inside
+    :func:`decode_pool` its pool is used."""
     workers = decode_workers() if workers is None else workers
     if workers <= 1 or len(tasks) <= 1:
         for t in tasks:
             yield fn(t)
         return
+    held = getattr(_HELD, "pool", None)
+    if held is not None and _HELD.workers == workers and _HELD.pid == os.getpid():
+        yield from _map_in(held, fn, tasks, workers)
+        return
     import multiprocessing as mp
-    from collections import deque
 
-    ctx = mp.get_context("fork")
-    with ctx.Pool(workers) as pool:
-        pending = deque()
-        it = iter(tasks)
-        for t in it:
-            pending.append(pool.apply_async(fn, (t,)))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            res = pending.popleft().get()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.apply_async(fn, (nxt,)))
-            yield res
+    with mp.get_context("fork").Pool(workers) as pool:
+        yield from _map_in(pool, fn, tasks, workers)
+
+
+def _map_in(pool, fn, tasks, workers):
+    pending = deque()
+    it = iter(tasks)
+    for t in it:
+        pending.append(pool.apply_async(fn, (t,)))
+        if len(pending) >= 2 * workers:
+            break
+    while pending:
+        res = pending.popleft().get()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(pool.apply_async(fn, (nxt,)))
+        yield res
 
 
 def _upgrade_to_rgb(writer, path, n, rows):

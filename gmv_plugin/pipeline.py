@@ -647,6 +647,10 @@ class Valuation(object):
             self.config.embeddings_field and self._field_complete()
         ):
             model = self._resolved_model()
+        with gmve.decode_pool(isinstance(model, gmve.PixelEmbedder)):  # one pool for both sides
+            self._embed_sides(model, brain_key, progress, force, parts)
+
+    def _embed_sides(self, model, brain_key, progress, force, parts):
         for part, what, view in (("embed_train", "train", self.train_view),
                                  ("embed_generated", "gen", self.generated_view)):
             if part not in parts or self.entry(part) is not None and not force:

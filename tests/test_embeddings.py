@@ -124,3 +124,129 @@ def test_embedding_memory_is_bounded_by_the_chunk(tmp_path):
                          capture_output=True, text=True, check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
     grown_mb = int(out.stdout.strip().splitlines()[-1])
     assert grown_mb < 200, grown_mb  # vs ~800 MB through a memmap
+
+
+def _pil_chunk(paths, size, mode, truth=None):
+    """_decode_chunk as it was before the OpenCV path: PIL, image by image."""
+    from gmv_plugin import cleansing as gmvcl
+    from gmv_plugin import copies as gmvc
+
+    vecs, gray, failed, grays = [], [], [], []
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as img:
+                if truth is not None:
+                    grays.append(gmvc.gray_array(img))
+                m = mode if mode != "auto" else ("L" if img.mode in gmve.GRAY_MODES else "RGB")
+                img = img.convert(m) if img.mode != m else img
+                img = img.resize((size, size), Image.BILINEAR)
+                vecs.append(gmve._normalized(np.asarray(img, dtype=np.float32).ravel() / 255.0))
+                gray.append(m == "L")
+        except Exception:
+            failed.append(i)
+            vecs.append(np.zeros(size * size, np.float32))
+            gray.append(True)
+            if truth is not None and len(grays) == i:
+                grays.append(np.zeros((1, 1), np.uint8))
+    feats = gmvcl.image_features(grays, stats=truth["stats"]) if truth is not None and not failed else None
+    return gmve._stack_modes(vecs, gray), not all(gray), failed, feats
+
+
+def _mixed_files(tmp_path):
+    rng = np.random.default_rng(0)
+    images, _ = load_mnist(20)
+
+    def save(name, img, **kw):
+        path = str(tmp_path / name)
+        img.save(path, **kw)
+        return path
+
+    def noise(h, w):
+        return rng.integers(0, 256, (h, w)).astype(np.uint8)
+
+    paths = write_pngs(images, tmp_path, prefix="digit") + [
+        save("g32.png", Image.fromarray(noise(32, 32))),
+        save("tall.png", Image.fromarray(noise(100, 37))),  # gray_array downscales it
+        save("big.png", Image.fromarray(noise(300, 301))),
+        save("rgb.png", Image.fromarray(rng.integers(0, 256, (40, 30, 3)).astype(np.uint8))),
+        save("gray.jpg", Image.fromarray(noise(50, 20))),
+        save("deep.png", Image.fromarray(rng.integers(0, 65535, (20, 20)).astype(np.uint16))),
+        save("palette.png", Image.fromarray(noise(20, 20)).convert("P")),
+        save("la.png", Image.fromarray(np.stack([noise(20, 20)] * 2, axis=2), "LA")),
+        save("trns.png", Image.fromarray(noise(20, 20)), transparency=5),
+        save("bits.png", Image.fromarray(noise(28, 28) > 128)),
+    ]
+    whole = open(paths[0], "rb").read()
+    for name, data in (("cut.png", whole[:60]), ("junk.png", whole[:8] + b"x" * 100)):
+        with open(tmp_path / name, "wb") as f:
+            f.write(data)
+    return paths, [str(tmp_path / "cut.png"), str(tmp_path / "junk.png"), str(tmp_path / "missing.png")]
+
+
+def test_fast_decode_equals_pil_bit_for_bit(tmp_path):
+    """Plain gray PNGs decoded by OpenCV and resized in numpy give PIL's
+    embeddings, truth features, colour flags and failures exactly; other
+    files still go through PIL."""
+    good, broken = _mixed_files(tmp_path)
+    gray_only = [p for p in good if p.endswith(".png") and not p.endswith(("rgb.png", "deep.png"))]
+    for paths in (good, gray_only, good[:5] + broken[:1] + good[5:] + broken[1:]):
+        for mode in ("auto", "L", "RGB"):
+            for truth in (None, {"stats": True}, {"stats": False}):
+                extra = () if truth is None else (truth,)
+                got = gmve._decode_chunk((paths, 32, mode) + extra)
+                want = _pil_chunk(paths, 32, mode, truth)
+                assert got[1:3] == want[1:3]
+                np.testing.assert_array_equal(got[0], want[0])
+                assert (got[3] is None) == (want[3] is None)
+                for name in (got[3] or {}):
+                    np.testing.assert_array_equal(got[3][name], want[3][name])
+
+
+def test_resize_gray_equals_pil():
+    from gmv_plugin.images import resize_gray
+
+    rng = np.random.default_rng(3)
+    for h, w in ((28, 28), (2, 3), (31, 33), (100, 37), (300, 301)):
+        stack = rng.integers(0, 256, (4, h, w)).astype(np.uint8)
+        stack[0] = 255
+        for width, height in ((32, 32), (w, 17), (64, h), (1, 1), (64, 23), (5, 90)):
+            want = np.stack([np.asarray(Image.fromarray(a).resize((width, height), Image.BILINEAR))
+                             for a in stack])
+            np.testing.assert_array_equal(resize_gray(stack, width, height), want)
+
+
+def _pid(_):
+    import os
+    import time
+
+    time.sleep(0.02)  # long enough for both workers to take tasks
+    return os.getpid()
+
+
+def test_one_decode_pool_for_several_collections(tmp_path):
+    """Inside decode_pool, every collection is decoded by the same workers, a
+    colour image after many gray ones still turns the file RGB, and failures
+    are reported by position, as with a pool per call."""
+    images, _ = load_mnist(60)
+    gray = write_pngs(images, tmp_path, prefix="g")
+    colour = str(tmp_path / "colour.png")
+    Image.fromarray(np.stack([images[0], images[1], images[2]], axis=-1)).save(colour)
+    broken = str(tmp_path / "broken.png")
+    with open(broken, "wb") as f:
+        f.write(b"not a png")
+    late = gray[:50] + [colour] + gray[50:]
+    with gmve.decode_pool(workers=2):
+        first = set(gmve.map_chunks(_pid, list(range(8)), workers=2))
+        mode, failed = gmve.embed_paths(late, str(tmp_path / "late.npy"), gmve.PixelEmbedder(),
+                                        chunk_size=8, workers=2)
+        truth = {"stats": True}
+        _, bad = gmve.embed_paths(gray[:20] + [broken] + gray[20:], str(tmp_path / "bad.npy"),
+                                  gmve.PixelEmbedder(), chunk_size=8, workers=2, truth=truth)
+        again = set(gmve.map_chunks(_pid, list(range(8)), workers=2))
+    assert len(first | again) == 2  # the same two workers throughout
+    assert mode == "RGB" and failed == [] and bad == [20] and "features" not in truth
+    mode_ref, _ = gmve.embed_paths(late, str(tmp_path / "ref.npy"), gmve.PixelEmbedder(), chunk_size=8,
+                                   workers=2)
+    assert mode_ref == "RGB"
+    np.testing.assert_array_equal(np.load(str(tmp_path / "late.npy")), np.load(str(tmp_path / "ref.npy")))
+    assert set(gmve.map_chunks(_pid, list(range(8)), workers=2)).isdisjoint(first)  # pool gone
