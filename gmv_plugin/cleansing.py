@@ -180,7 +180,7 @@ def _statistics_same_size(q):
     if n == 1:  # numpy reduces a single image in another order: one of two, as in any block
         return _statistics_same_size(np.concatenate([q, q]))[:1]
     npx = h * w
-    x = LEVELS[q]
+    x = LEVELS.take(q)
     rows = np.arange(n, dtype=np.intp)
     hist = np.bincount((q.reshape(n, -1) + (rows * 256)[:, None]).ravel(), minlength=256 * n).reshape(n, 256)
     cum = hist.cumsum(axis=1)
@@ -199,25 +199,35 @@ def _statistics_same_size(q):
     z = (LEVELS[None, :] - lo[:, None]) / rng[:, None]  # per level, as (x - lo) / rng per pixel
     out = {"border_median": np.median(border, axis=1), "range": rng, "p05": lo}
     out["midtone"] = share((z > 0.15) & (z < 0.85))
-    resid = np.abs(x - LEVELS[_median3x3(q)])
+    resid = x - LEVELS.take(_median3x3(q))
+    np.abs(resid, out=resid)
     out["impulse"] = resid.mean(axis=(1, 2)) / rng
     out["impulse_share"] = (resid > 0.5 * rng3).mean(axis=(1, 2))
     gy, gx = np.gradient(x, axis=(1, 2))
     grad = np.hypot(gx, gy)
-    lap = np.abs(4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:])
+    lap = x[:, 1:-1, 1:-1] * 4
+    for nb in (x[:, :-2, 1:-1], x[:, 2:, 1:-1], x[:, 1:-1, :-2], x[:, 1:-1, 2:]):
+        lap -= nb
+    np.abs(lap, out=lap)
     out["lap_over_grad"] = lap.mean(axis=(1, 2)) / np.maximum(grad.mean(axis=(1, 2)), 1e-6)
     out["sharpness"] = _row_percentile(grad.reshape(n, -1), 99) / rng
     # flat pairs (levels within 1) among bright pairs (either level above lo + 0.2 range)
-    bright = _level_above(lo + 0.2 * rng).astype(np.int16)[:, None, None]
-    qi = q.astype(np.int16)
-    act_x = np.maximum(qi[:, :, 1:], qi[:, :, :-1]) >= bright
-    act_y = np.maximum(qi[:, 1:, :], qi[:, :-1, :]) >= bright
-    eq = ((np.abs(np.diff(qi, axis=2)) <= 1) & act_x).sum(axis=(1, 2)) + \
-        ((np.abs(np.diff(qi, axis=1)) <= 1) & act_y).sum(axis=(1, 2))
-    out["plateau"] = eq / np.maximum(act_x.sum(axis=(1, 2)) + act_y.sum(axis=(1, 2)), 1)
+    bright = _level_above(lo + 0.2 * rng)
+    level8 = np.minimum(bright, 255).astype(np.uint8)[:, None, None]
+    pairs = eq = 0
+    for a, b in ((q[:, :, 1:], q[:, :, :-1]), (q[:, 1:, :], q[:, :-1, :])):
+        top = np.maximum(a, b)
+        act = top >= level8
+        act[bright > 255] = False  # no level reaches 256
+        top -= np.minimum(a, b)  # |a - b| in uint8
+        pairs = pairs + np.count_nonzero(act, axis=(1, 2))
+        eq = eq + np.count_nonzero((top <= 1) & act, axis=(1, 2))
+    out["plateau"] = eq / np.maximum(pairs, 1)
     colb, rowb = np.arange(w - 1) % 8 == 7, np.arange(h - 1) % 8 == 7
     if colb.any() and rowb.any():
-        dx, dy = np.abs(np.diff(x, axis=2)), np.abs(np.diff(x, axis=1))
+        dx, dy = np.diff(x, axis=2), np.diff(x, axis=1)
+        np.abs(dx, out=dx)
+        np.abs(dy, out=dy)
         edge = dx[:, :, colb].mean(axis=(1, 2)) + dy[:, rowb, :].mean(axis=(1, 2))
         inner = dx[:, :, ~colb].mean(axis=(1, 2)) + dy[:, ~rowb, :].mean(axis=(1, 2))
         out["block8"] = edge / np.maximum(inner, 1e-6)
