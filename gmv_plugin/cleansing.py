@@ -501,7 +501,8 @@ def truth_from_features(
         ``{"train": {"cleansing": float64 (n,), "copied_by": int64 (n,),
         "implausibility": float64 (n,) or None}, "generated": {"copy_score":
         float64 (m,), "is_copy": bool (m,), "copy_of": int64 (m,): the
-        closest training row}}``
+        closest training row}, "search": how the copy flags' neighbours were
+        searched (None without copy flags)}``
     """
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
@@ -524,12 +525,14 @@ def truth_from_features(
     if train_desc is not None and n >= 3:
         known = gen_neighbours if gen_flip is None else None
         cs = gmvc.copy_scores(gen_desc, gen_flip, train_desc, neighbours=known)
-        copy_score, copy_of = cs["copy_score"], cs["nearest"]
+        copy_score, copy_of, search = cs["copy_score"], cs["nearest"], cs["search"]
     else:
+        search = None
         m = len(gen["desc"]) if gen is not None else (len(gen_emb) if gen_emb is not None else 0)
         copy_score, copy_of = np.full(m, -np.inf), np.full(m, -1, np.int64)
     is_copy, copied_by = gmvc.copy_flags(copy_score, np.maximum(copy_of, 0), n, copy_threshold)
     return {
         "train": {"cleansing": cleansing, "copied_by": copied_by, "implausibility": implausible},
         "generated": {"copy_score": copy_score, "is_copy": is_copy, "copy_of": copy_of},
+        "search": search,
     }

@@ -28,6 +28,9 @@ about 0.1% of the demo generators' own images reach it).
 import numpy as np
 from scipy import ndimage
 
+from gmv_plugin import arrays as gmvarrays
+from gmv_plugin import knn as gmvk
+
 DESCRIPTOR_SIZE = 16
 SMOOTH_SIGMA = 0.7  # pixels at 28x28; scaled with the image size
 CONTENT_THRESHOLD = 0.2  # share of the smoothed content's maximum
@@ -148,44 +151,6 @@ def read_gray(paths, max_side=64):
     return out
 
 
-def nearest(queries, base, k=1, exclude_self=False, rows=None, block_mb=64):
-    """Exact Euclidean nearest neighbours of ``queries`` among ``base`` (FAISS
-    brute force over blocks of ``base`` of at most ``block_mb``, so memory
-    does not grow with ``base``, which may be a ``.npy`` memmap).
-
-    With ``exclude_self``, each query's own row of ``base`` is skipped: query
-    ``i`` is row ``rows[i]`` (default: ``i``, i.e. the queries are ``base``).
-
-    Returns:
-        ``(distances (n, k) float32, indices (n, k) int64)``
-    """
-    import faiss
-
-    from gmv_plugin import arrays
-
-    kk = min(k + 1 if exclude_self else k, len(base))
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    block = max(kk, int(block_mb * 2**20 // max(1, 4 * base.shape[1])))
-    heap = faiss.ResultHeap(len(queries), kk)
-    for start, rows_ in arrays.iter_rows(base, block):
-        d2, idx = faiss.knn(queries, rows_, min(kk, len(rows_)))
-        heap.add_result(np.ascontiguousarray(d2), np.ascontiguousarray(idx + start))
-    heap.finalize()
-    d2, idx = heap.D, heap.I
-    d = np.sqrt(np.maximum(d2, 0))
-    if exclude_self:
-        own = np.arange(len(queries)) if rows is None else np.asarray(rows)
-        keep = idx != own[:, None]
-        # drop the self match (or the last column when a duplicate took its place)
-        first = np.argmin(keep, axis=1)
-        drop = np.where(keep.all(axis=1), kk - 1, first)
-        mask = np.ones_like(keep)
-        mask[np.arange(len(queries)), drop] = False
-        d = d[mask].reshape(len(queries), kk - 1)
-        idx = idx[mask].reshape(len(queries), kk - 1)
-    return d.astype(np.float32), idx.astype(np.int64)
-
-
 def copy_scores(gen_desc, gen_desc_flipped, train_desc, neighbours=None):
     """Copy scores of generated images from their descriptors.
 
@@ -209,24 +174,30 @@ def copy_scores(gen_desc, gen_desc_flipped, train_desc, neighbours=None):
             among ``train_desc`` when already known (at least
             :data:`DUPLICATE_LOOKAHEAD` columns), e.g. a flat index's recall
 
+    Searches are exact while cheap, else approximate with exact distances
+    (:class:`gmv_plugin.knn.NeighbourSearch`).
+
     Returns:
         a dict with ``copy_score`` (float64 ``(m,)``, at least
         :data:`COPY_SCORE_FLOOR`), ``nearest`` (int64
         ``(m,)``: the closest training row), ``distance`` (float32 ``(m,)``:
         ``d1``), ``flipped`` (bool ``(m,)``: the mirrored image matched
-        closer) and ``train_nn`` (float32 ``(m,)``: ``r`` of the closest
-        training image)
+        closer), ``train_nn`` (float32 ``(m,)``: ``r`` of the closest
+        training image) and ``search`` (how neighbours were found:
+        :meth:`gmv_plugin.knn.NeighbourSearch.describe`)
     """
     if len(train_desc) < 3:
         raise ValueError("copy scores need at least 3 training images; got %d" % len(train_desc))
-    train_desc = np.asarray(train_desc, dtype=np.float32)
+    if not (isinstance(train_desc, np.memmap) and train_desc.dtype == np.float32):
+        train_desc = np.asarray(train_desc, dtype=np.float32)  # a float32 memmap stays on disk
     kk = min(DUPLICATE_LOOKAHEAD, len(train_desc))
+    search = gmvk.NeighbourSearch(train_desc, len(gen_desc))
     if neighbours is not None and np.shape(neighbours[1])[1] >= kk:
         d, idx = (np.asarray(a)[:, :kk] for a in neighbours)
     else:
-        d, idx = nearest(gen_desc, train_desc, kk)
+        d, idx = search.search(gen_desc, kk)
     if gen_desc_flipped is not None:
-        df, idf = nearest(gen_desc_flipped, train_desc, kk)
+        df, idf = search.search(gen_desc_flipped, kk)
         flipped = df[:, 0] < d[:, 0]
         d = np.where(flipped[:, None], df, d)
         idx = np.where(flipped[:, None], idf, idx)
@@ -235,12 +206,13 @@ def copy_scores(gen_desc, gen_desc_flipped, train_desc, neighbours=None):
     j = idx[:, 0]
     # exact duplicates of the nearest training image are the same image:
     # d2 is the distance to the nearest training image that differs from it
-    same = np.linalg.norm(train_desc[idx] - train_desc[j][:, None], axis=2) <= 1e-6
+    near = gmvarrays.gather_rows(train_desc, idx.ravel()).reshape(idx.shape + (-1,))
+    same = np.linalg.norm(near - near[:, :1], axis=2) <= 1e-6
     d2 = _first_where(d, ~same)
     # r only for the training images that are some generated image's nearest
     # (a search of the whole training set against itself grows as N^2)
     rows, inverse = np.unique(j, return_inverse=True)
-    td, _ = nearest(train_desc[rows], train_desc, kk - 1, exclude_self=True, rows=rows)
+    td, _ = search.search(gmvarrays.gather_rows(train_desc, rows), kk - 1, exclude_self=True, rows=rows)
     tnn = _first_where(td, td > 1e-6)[inverse.reshape(-1)]
     d1 = d[:, 0].astype(np.float64)
     unit = np.minimum(tnn.astype(np.float64), d2.astype(np.float64))
@@ -252,6 +224,7 @@ def copy_scores(gen_desc, gen_desc_flipped, train_desc, neighbours=None):
         "distance": d[:, 0].astype(np.float32),
         "flipped": flipped,
         "train_nn": tnn.astype(np.float32),
+        "search": search.describe(),
     }
 
 

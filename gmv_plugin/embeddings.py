@@ -302,22 +302,49 @@ def _decode_vector(value, header):
     return np.asarray(value)
 
 
+def _decode_vectors(values, header):
+    """The stored embeddings of one chunk: one array when they are all
+    VectorField bytes of the same ``.npy`` header (decompressed, joined and
+    viewed at once), else a list (missing values are None)."""
+    if not values or not all(type(v) is bytes for v in values):
+        return [_decode_vector(v, header) for v in values]
+    first = _decode_vector(values[0], header)
+    raws = [zlib.decompress(v) for v in values]
+    size, hlen, head = header["raw_len"], header["hlen"], header["bytes"]
+    if not all(len(r) == size and r[:hlen] == head for r in raws):
+        return [first] + [_decode_vector(v, header) for v in values[1:]]
+    rows = np.frombuffer(b"".join(raws), dtype=np.uint8).reshape(len(raws), size)[:, hlen:]
+    return np.ascontiguousarray(rows).view(header["dtype"]).reshape((len(raws),) + tuple(header["shape"]))
+
+
 def iter_field_embeddings(samples, field, chunk_size=4096):
     """Yields ``(ids, vectors)`` chunks of an embeddings field in the order of
     ``samples``, read with raw batched database reads and decoded with numpy
-    (no documents, no per-vector header parsing); missing values are None."""
+    (no documents, no per-vector header parsing): ``vectors`` is an array
+    when the chunk's values are all stored alike, else a list where missing
+    values are None."""
     db_field = samples._handle_db_field(field) if hasattr(samples, "_handle_db_field") else field
     cursor = samples._aggregate(pipeline=[{"$project": {"_id": 1, db_field: 1}}])
     header = {}
-    ids, vecs = [], []
+    ids, vals = [], []
     for doc in cursor:
         ids.append(str(doc["_id"]))
-        vecs.append(_decode_vector(doc.get(db_field), header))
+        vals.append(doc.get(db_field))
         if len(ids) == chunk_size:
-            yield ids, vecs
-            ids, vecs = [], []
+            yield ids, _decode_vectors(vals, header)
+            ids, vals = [], []
     if ids:
-        yield ids, vecs
+        yield ids, _decode_vectors(vals, header)
+
+
+def _stack(vecs):
+    """A chunk of :func:`iter_field_embeddings` as a 2-d float32 array, or
+    None when some value is missing."""
+    if not isinstance(vecs, np.ndarray):
+        if any(v is None for v in vecs):
+            return None
+        vecs = np.stack(vecs)
+    return np.asarray(vecs, dtype=np.float32).reshape(len(vecs), -1)
 
 
 def read_field_embeddings(samples, field, chunk_size=4096):
@@ -329,9 +356,11 @@ def read_field_embeddings(samples, field, chunk_size=4096):
     ids, out, missing = [], [], 0
     for chunk_ids, vecs in iter_field_embeddings(samples, field, chunk_size):
         ids.extend(chunk_ids)
-        missing += sum(v is None for v in vecs)
-        if not missing:
-            out.append(np.asarray(np.stack(vecs), dtype=np.float32).reshape(len(vecs), -1))
+        arr = _stack(vecs)
+        if arr is None:
+            missing += sum(v is None for v in vecs)
+        elif not missing:
+            out.append(arr)
     if missing:
         raise EmbeddingError("%d of %d samples have no %r" % (missing, len(ids), field))
     return ids, (np.concatenate(out) if out else np.zeros((0, 0), np.float32))
@@ -584,10 +613,11 @@ def _field_to_file(samples, path, field, chunk_size, ids, progress):
     try:
         with NpyWriter(path, n) as writer, fou.ProgressBar(total=n, progress=progress) as pb:
             for chunk_ids, vecs in iter_field_embeddings(samples, field, chunk_size):
-                if any(v is None for v in vecs):
+                arr = _stack(vecs)
+                if arr is None:
                     raise _Missing()
                 start = len(out_ids)
-                writer.write(start, np.stack(vecs).reshape(len(vecs), -1))
+                writer.write(start, arr)
                 out_ids.extend(chunk_ids)
                 pb.update(len(chunk_ids))
             if len(out_ids) != n:

@@ -630,6 +630,7 @@ class Valuation(object):
             index_params=index.get("index_params"),
             quality_summary=stages.get("quality", {}).get("summary"),
             temperature=values.get("temperature"),
+            truth=values.get("truth"),
             dataset_id=str(self.dataset._doc.id),
         )
 
@@ -788,7 +789,8 @@ class Valuation(object):
                 "num_contributing": int((out["hits"] > 0).sum()),
                 "num_train": int(len(self.train.alive_rows())),
                 "num_generated": int(len(self.gen.alive_rows())),
-                "truth": {"source": source, "num_copies": int(truth["generated"]["is_copy"].sum())},
+                "truth": {"source": source, "num_copies": int(truth["generated"]["is_copy"].sum()),
+                          "copy_search": truth["search"]},
             }
             return files, info
 

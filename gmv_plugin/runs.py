@@ -94,7 +94,10 @@ class GMValuationResults(foruns.RunResults):
     ``index_type``, ``index_params``, ``quality_summary``, ``temperature``
     (the tau used, resolved when the config says ``"auto"``),
     ``num_contributing``, ``dataset_id`` (the dataset whose run directory
-    holds the arrays; another id means the dataset is a clone).
+    holds the arrays; another id means the dataset is a clone), ``truth``
+    (what the cleansing and copy flags were computed from: ``source``
+    "images", "embeddings" or "values"; ``num_copies``; ``copy_search``,
+    exact or an inverted file, see :class:`gmv_plugin.knn.NeighbourSearch`).
     """
 
     @property

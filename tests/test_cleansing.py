@@ -8,6 +8,7 @@ from conftest import load_mnist, write_pngs
 from gmv_plugin import attributes as gmva
 from gmv_plugin import cleansing as gmvcl
 from gmv_plugin import copies as gmvc
+from gmv_plugin import knn as gmvk
 from gmv_plugin.demo import corruptions as C
 from gmv_plugin.evaluation import _auc, identical_labels
 
@@ -89,7 +90,7 @@ def test_copy_scores_from_known_neighbours_and_blocks_equal_one_search(tmp_path)
     np.save(tmp_path / "t.npy", train)
     mm = np.load(tmp_path / "t.npy", mmap_mode="r")
     plain = gmvc.copy_scores(gen, None, train)
-    d, idx = gmvc.nearest(gen, mm, 50, block_mb=0.01)  # 160-row blocks, as a recall would give
+    d, idx = gmvk.nearest(gen, mm, 50, block_mb=0.01)  # 160-row blocks, as a recall would give
     known = gmvc.copy_scores(gen, None, mm, neighbours=(d, idx))
     for name in ("copy_score", "nearest", "train_nn"):
         np.testing.assert_allclose(known[name], plain[name], rtol=1e-5)
@@ -283,8 +284,9 @@ def test_pipeline_without_image_files_uses_the_value_alone(mnist, tmp_path):
         from gmv_plugin.store import RunStore
 
         # a run from an embeddings field reads no images, even where they exist
-        gmv.compute_values(tv, gv, key="f", model=None, embeddings_field="emb", k=5, progress=False)
+        res = gmv.compute_values(tv, gv, key="f", model=None, embeddings_field="emb", k=5, progress=False)
         assert RunStore(ds, "f").manifest()["stages"]["values"]["truth"]["source"] == "embeddings"
+        assert res.truth["source"] == "embeddings" and res.truth["copy_search"] == {"method": "exact"}
         for p in ds.match_tags("train").values("filepath")[:3]:
             os.remove(p)  # some training files are gone: the pixels can't be read
         gmv.compute_values(tv, gv, key="e", model=None, embeddings_field="emb", k=5, progress=False)
