@@ -11,6 +11,7 @@ new embeddings.
 
 import contextlib
 import io
+import itertools
 import logging
 import os
 import threading
@@ -430,6 +431,9 @@ def embed_paths(paths, path, embedder, workers=None, chunk_size=1024, progress=N
 
 
 _HELD = threading.local()  # the pool of decode_pool(), per thread
+SLOT_BYTES = 16 << 20  # shared memory per task in flight for its result's array
+_SLOTS = {}  # token -> shared mapping, made before the workers fork so they inherit it
+_TOKENS = itertools.count()
 
 
 @contextlib.contextmanager
@@ -441,51 +445,83 @@ def decode_pool(enabled=True, workers=None):
     if not enabled or workers <= 1 or getattr(_HELD, "pool", None) is not None:
         yield
         return
+    with _pool(workers) as (pool, token):
+        _HELD.pool, _HELD.token, _HELD.workers, _HELD.pid = pool, token, workers, os.getpid()
+        try:
+            yield
+        finally:
+            _HELD.pool = None
+
+
+@contextlib.contextmanager
+def _pool(workers):
+    """A forked pool and the token of its shared result slots (one per task
+    in flight: :func:`_map_in` keeps ``2 * workers``)."""
+    import mmap
     import multiprocessing as mp
 
-    pool = mp.get_context("fork").Pool(workers)
-    _HELD.pool, _HELD.workers, _HELD.pid = pool, workers, os.getpid()
+    token = next(_TOKENS)
+    _SLOTS[token] = mmap.mmap(-1, 2 * workers * SLOT_BYTES)  # anonymous, shared: pages appear when written
     try:
-        yield
+        pool = mp.get_context("fork").Pool(workers)
+        try:
+            yield pool, token
+        finally:
+            pool.terminate()
+            pool.join()
     finally:
-        _HELD.pool = None
-        pool.terminate()
-        pool.join()
+        _SLOTS.pop(token).close()
 
 
 def map_chunks(fn, tasks, workers=None):
     """``fn(task)`` for each task, in order; a forked pool of ``workers``
     processes (default :func:`decode_workers`; the tasks only touch PIL,
     OpenCV and numpy) keeps at most ``2 * workers`` tasks in flight. Inside
-    :func:`decode_pool` its pool is used."""
+    :func:`decode_pool` its pool is used. A result's leading array comes
+    back through shared memory, not pickled through a pipe (a worker then
+    never waits for the parent to read it)."""
     workers = decode_workers() if workers is None else workers
     if workers <= 1 or len(tasks) <= 1:
         for t in tasks:
             yield fn(t)
         return
-    held = getattr(_HELD, "pool", None)
-    if held is not None and _HELD.workers == workers and _HELD.pid == os.getpid():
-        yield from _map_in(held, fn, tasks, workers)
+    if getattr(_HELD, "pool", None) is not None and _HELD.workers == workers and _HELD.pid == os.getpid():
+        yield from _map_in(_HELD.pool, _HELD.token, fn, tasks, workers)
         return
-    import multiprocessing as mp
-
-    with mp.get_context("fork").Pool(workers) as pool:
-        yield from _map_in(pool, fn, tasks, workers)
+    with _pool(workers) as (pool, token):
+        yield from _map_in(pool, token, fn, tasks, workers)
 
 
-def _map_in(pool, fn, tasks, workers):
+def _map_in(pool, token, fn, tasks, workers):
+    slots = 2 * workers
     pending = deque()
-    it = iter(tasks)
-    for t in it:
-        pending.append(pool.apply_async(fn, (t,)))
-        if len(pending) >= 2 * workers:
-            break
+    for i, t in enumerate(tasks):
+        if len(pending) == slots:
+            yield _unslot(pending.popleft().get(), token)  # its slot is free again
+        pending.append(pool.apply_async(_slotted, (fn, t, token, i % slots)))
     while pending:
-        res = pending.popleft().get()
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append(pool.apply_async(fn, (nxt,)))
-        yield res
+        yield _unslot(pending.popleft().get(), token)
+
+
+def _slotted(fn, task, token, slot):
+    """Worker: ``fn(task)``, its leading array (if any) written to shared slot ``slot``."""
+    res = fn(task)
+    buf = _SLOTS.get(token)
+    if buf is None or not isinstance(res, tuple) or not res or not isinstance(res[0], np.ndarray) \
+            or res[0].nbytes > SLOT_BYTES or res[0].dtype.hasobject:
+        return res, None
+    arr = res[0]
+    np.ndarray(arr.shape, arr.dtype, buffer=buf, offset=slot * SLOT_BYTES)[...] = arr
+    return (None,) + res[1:], (arr.shape, arr.dtype.str, slot)
+
+
+def _unslot(out, token):
+    res, where = out
+    if where is None:
+        return res
+    shape, dtype, slot = where
+    arr = np.ndarray(shape, dtype, buffer=_SLOTS[token], offset=slot * SLOT_BYTES).copy()
+    return (arr,) + res[1:]
 
 
 def _upgrade_to_rgb(writer, path, n, rows):

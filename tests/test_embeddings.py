@@ -250,3 +250,21 @@ def test_one_decode_pool_for_several_collections(tmp_path):
     assert mode_ref == "RGB"
     np.testing.assert_array_equal(np.load(str(tmp_path / "late.npy")), np.load(str(tmp_path / "ref.npy")))
     assert set(gmve.map_chunks(_pid, list(range(8)), workers=2)).isdisjoint(first)  # pool gone
+
+
+def _rows(n):
+    return np.arange(n, dtype=np.float32) * 3, n
+
+
+def test_worker_results_come_back_through_shared_slots_or_pickled():
+    """Leading arrays come back through shared memory (more tasks than slots,
+    so slots are reused), arrays larger than a slot and other results are
+    pickled as before; either way every result is intact and in order."""
+    sizes = [1000 + i for i in range(12)] + [gmve.SLOT_BYTES // 4 + 10, 5]
+    for held in (False, True):
+        with gmve.decode_pool(enabled=held, workers=2):
+            got = list(gmve.map_chunks(_rows, sizes, workers=2))
+        assert [n for _, n in got] == sizes
+        for arr, n in got:
+            np.testing.assert_array_equal(arr, np.arange(n, dtype=np.float32) * 3)
+    assert list(gmve.map_chunks(abs, [-1, -2, 3], workers=2)) == [1, 2, 3]
