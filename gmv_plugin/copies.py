@@ -38,7 +38,8 @@ GYRATION_SPAN = 2.0  # the descriptor spans this many radii of gyration each sid
 COPY_THRESHOLD = 0.45
 COPY_SCORE_FLOOR = -10.0  # scores below are reported as this (finite in the fields)
 BLOCK_PIXELS = 50_000  # float32 pixels per block of images: the arrays stay in the CPU's cache
-DUPLICATE_LOOKAHEAD = 8  # neighbours searched past exact duplicates for d2 and r
+DUPLICATE_LOOKAHEAD = 8
+IN_MEMORY_BYTES = 64 << 20  # training descriptors up to this size are searched from memory (a search block)  # neighbours searched past exact duplicates for d2 and r
 
 
 def _descriptor_stack(x, size):
@@ -188,8 +189,11 @@ def copy_scores(gen_desc, gen_desc_flipped, train_desc, neighbours=None):
     """
     if len(train_desc) < 3:
         raise ValueError("copy scores need at least 3 training images; got %d" % len(train_desc))
-    if not (isinstance(train_desc, np.memmap) and train_desc.dtype == np.float32):
-        train_desc = np.asarray(train_desc, dtype=np.float32)  # a float32 memmap stays on disk
+    if not (isinstance(train_desc, np.memmap) and train_desc.dtype == np.float32) \
+            or train_desc.nbytes <= IN_MEMORY_BYTES:
+        # a large float32 memmap stays on disk; a small one is read once (one
+        # read instead of a system call per gathered row)
+        train_desc = np.array(train_desc, dtype=np.float32)
     kk = min(DUPLICATE_LOOKAHEAD, len(train_desc))
     search = gmvk.NeighbourSearch(train_desc, len(gen_desc))
     if neighbours is not None and np.shape(neighbours[1])[1] >= kk:
