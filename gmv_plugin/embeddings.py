@@ -466,9 +466,13 @@ def _pool(workers):
         pool = mp.get_context("fork").Pool(workers)
         try:
             yield pool, token
-        finally:
+        except BaseException:
             pool.terminate()
             pool.join()
+            raise
+        # done: idle workers exit on their own; reaping them need not hold up the caller
+        pool.close()
+        threading.Thread(target=pool.join, daemon=True).start()
     finally:
         _SLOTS.pop(token).close()
 
