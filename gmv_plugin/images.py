@@ -190,16 +190,19 @@ def read_gray_png(path):
 
     fd = os.open(path, os.O_RDONLY)  # plain system calls: a third of open()'s cost on small files
     try:
-        parts = [os.read(fd, 1 << 16)]
-        while len(parts[-1]) == 1 << 16:
+        parts = [os.read(fd, os.fstat(fd).st_size + 1)]
+        while parts[-1]:  # a short read, or the file grew
             parts.append(os.read(fd, 1 << 20))
     finally:
         os.close(fd)
-    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    data = b"".join(parts)
     # IHDR follows the signature: length, type, width, height, bit depth, colour type
     if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 45 or data[24] != 8 \
             or data[25] != 0 or not data.endswith(_PNG_END) or b"tRNS" in data:
         return None
+    pixels = int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")
+    if Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS:
+        return None  # PIL's decompression-bomb check decides
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.dtype != np.uint8 or arr.ndim != 2:
         return None

@@ -268,3 +268,14 @@ def test_worker_results_come_back_through_shared_slots_or_pickled():
         for arr, n in got:
             np.testing.assert_array_equal(arr, np.arange(n, dtype=np.float32) * 3)
     assert list(gmve.map_chunks(abs, [-1, -2, 3], workers=2)) == [1, 2, 3]
+
+
+def test_read_gray_png_reads_large_files_and_leaves_bombs_to_pil(tmp_path, monkeypatch):
+    from gmv_plugin.images import read_gray_png
+
+    big = np.random.default_rng(1).integers(0, 256, (1200, 1100)).astype(np.uint8)
+    path = str(tmp_path / "big.png")
+    Image.fromarray(big).save(path)  # over a megabyte: several reads
+    np.testing.assert_array_equal(read_gray_png(path), big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert read_gray_png(path) is None  # PIL decides (DecompressionBombError/Warning)
