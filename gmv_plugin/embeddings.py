@@ -390,18 +390,20 @@ def embed_paths(paths, path, embedder, workers=None, chunk_size=1024, progress=N
     n = len(paths)
     mode = embedder.resolved or "auto"
     size = embedder.size
-    extra = () if truth is None else ({"stats": bool(truth.get("stats", True))},)
-    if truth is not None:
-        chunk_size = min(chunk_size, 512)  # the features cost more: finer tasks balance the workers
-    tasks = [(list(paths[s : s + chunk_size]), size, mode) + extra for s in range(0, n, chunk_size)]
+    chunk_size, tasks = _decode_tasks(paths, size, mode, truth, chunk_size)
     feats = None
     workers = decode_workers() if workers is None else workers
     failed = []
     rgb = mode == "RGB"
+    ahead = _take_prefetched(tasks, workers)
+    results = itertools.chain(_prefetched_results(ahead, tasks),
+                              map_chunks(_decode_chunk, tasks[len(ahead):], workers))
     writer = NpyWriter(path, n)
     try:
         with fou.ProgressBar(total=n, progress=progress) as pb:
-            for i, (arr, chunk_rgb, bad, chunk_feats) in enumerate(map_chunks(_decode_chunk, tasks, workers)):
+            for i, (arr, chunk_rgb, bad, chunk_feats) in enumerate(results):
+                if i >= len(tasks) - 2 * workers and not (rgb or chunk_rgb):
+                    _submit_prefetch(workers)  # every task of this collection is handed out
                 start = i * chunk_size
                 failed.extend(start + j for j in bad)
                 if chunk_feats is not None:
@@ -430,6 +432,62 @@ def embed_paths(paths, path, embedder, workers=None, chunk_size=1024, progress=N
     return resolved, failed
 
 
+def _decode_tasks(paths, size, mode, truth, chunk_size):
+    """``(chunk_size, tasks)`` of :func:`_decode_chunk` for :func:`embed_paths`."""
+    extra = () if truth is None else ({"stats": bool(truth.get("stats", True))},)
+    if truth is not None:
+        chunk_size = min(chunk_size, 512)  # the features cost more: finer tasks balance the workers
+    return chunk_size, [(list(paths[s : s + chunk_size]), size, mode) + extra
+                        for s in range(0, len(paths), chunk_size)]
+
+
+def prefetch_paths(paths, embedder, truth=None, chunk_size=1024):
+    """Inside :func:`decode_pool`: the first chunks of a later
+    :func:`embed_paths` of ``paths`` (same ``embedder`` and ``truth``) are
+    decoded as soon as the current :func:`embed_paths` has handed out its
+    last chunk, so the workers do not idle while the caller stores that
+    collection. At most ``2 * workers`` chunks are held; they are used only
+    while every image so far is grayscale (else they are dropped)."""
+    if getattr(_HELD, "pool", None) is None or _HELD.pid != os.getpid():
+        return
+    _, tasks = _decode_tasks(paths, embedder.size, "auto", truth, chunk_size)
+    _HELD.queued = tasks[: 2 * _HELD.workers]
+
+
+def _submit_prefetch(workers):
+    tasks = getattr(_HELD, "queued", None)
+    if tasks and _HELD.pool is not None and _HELD.workers == workers and _HELD.pid == os.getpid():
+        _HELD.queued = None
+        _HELD.prefetched = (tasks, [_HELD.pool.apply_async(_decode_chunk, (t,)) for t in tasks])
+
+
+def _take_prefetched(tasks, workers):
+    """The prefetched results of the first of ``tasks``, when they were
+    decoded the way ``tasks`` ask (a chunk decoded in "auto" mode equals
+    one decoded as "L" unless it holds a colour image: see
+    :func:`_prefetched_results`)."""
+    def same(done):
+        return len(done) <= len(tasks) and all(t[2] in ("auto", "L") and d[:2] == t[:2] and d[3:] == t[3:]
+                                               for d, t in zip(done, tasks))
+
+    if getattr(_HELD, "queued", None) and same(_HELD.queued):
+        _HELD.queued = None  # meant for this call, not handed out yet: it decodes them itself
+    got = getattr(_HELD, "prefetched", None)
+    if not got:
+        return []
+    _HELD.prefetched = None
+    if not same(got[0]):
+        _HELD.stale = True  # other images: the pool has useless work queued
+        return []
+    return got[1]
+
+
+def _prefetched_results(ahead, tasks):
+    for res, task in zip(ahead, tasks):
+        out = res.get()
+        yield _decode_chunk(task) if out[1] and task[2] == "L" else out
+
+
 _HELD = threading.local()  # the pool of decode_pool(), per thread
 SLOT_BYTES = 16 << 20  # shared memory per task in flight for its result's array
 _SLOTS = {}  # token -> shared mapping, made before the workers fork so they inherit it
@@ -447,10 +505,15 @@ def decode_pool(enabled=True, workers=None):
         return
     with _pool(workers) as (pool, token):
         _HELD.pool, _HELD.token, _HELD.workers, _HELD.pid = pool, token, workers, os.getpid()
+        _HELD.queued = _HELD.prefetched = None
+        _HELD.stale = False
         try:
             yield
         finally:
             _HELD.pool = None
+            if _HELD.prefetched is not None or _HELD.stale:
+                pool.terminate()  # prefetched chunks nobody took: stop them
+            _HELD.queued = _HELD.prefetched = None
 
 
 @contextlib.contextmanager

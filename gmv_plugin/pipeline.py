@@ -652,6 +652,9 @@ class Valuation(object):
             self._embed_sides(model, brain_key, progress, force, parts)
 
     def _embed_sides(self, model, brain_key, progress, force, parts):
+        if isinstance(model, gmve.PixelEmbedder) and self.gen.alive is None and \
+                "embed_generated" in parts and (self.entry("embed_generated") is None or force):
+            gmve.prefetch_paths(self.gen.paths.tolist(), model, truth={"stats": False})
         for part, what, view in (("embed_train", "train", self.train_view),
                                  ("embed_generated", "gen", self.generated_view)):
             if part not in parts or self.entry(part) is not None and not force:

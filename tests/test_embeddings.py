@@ -279,3 +279,37 @@ def test_read_gray_png_reads_large_files_and_leaves_bombs_to_pil(tmp_path, monke
     np.testing.assert_array_equal(read_gray_png(path), big)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     assert read_gray_png(path) is None  # PIL decides (DecompressionBombError/Warning)
+
+
+def test_prefetched_chunks_equal_decoding_them_later(tmp_path):
+    """The generated images' first chunks, decoded while the training images'
+    last ones finish, give the same file, features and flags; a colour image
+    among them is decoded again as gray; a colour training set drops them."""
+    images, _ = load_mnist(80)
+    train = write_pngs(images[:50], tmp_path, prefix="t")
+    gen = write_pngs(images[50:], tmp_path, prefix="g")
+    colour = str(tmp_path / "colour.png")
+    Image.fromarray(np.stack([images[0], images[1], images[2]], axis=-1)).save(colour)
+
+    def run(train_paths, gen_paths, prefetch):
+        embedder, truth = gmve.PixelEmbedder(), {"stats": False}
+        out = str(tmp_path / ("gen_%s.npy" % prefetch))
+        with gmve.decode_pool(workers=2):
+            if prefetch:
+                gmve.prefetch_paths(gen_paths, embedder, truth=truth, chunk_size=8)
+            gmve.embed_paths(train_paths, str(tmp_path / "train.npy"), embedder, chunk_size=8, workers=2,
+                             truth={"stats": True})
+            used = gmve._HELD.prefetched is not None
+            mode, failed = gmve.embed_paths(gen_paths, out, embedder, chunk_size=8, workers=2, truth=truth)
+        return used, mode, failed, np.load(out), truth["features"]["desc"]
+
+    for train_paths, gen_paths, expect_used in (
+            (train, gen, True), (train, gen[:3] + [colour] + gen[3:], True),
+            (train[:3] + [colour] + train[3:], gen, False),  # known RGB before the last chunk is out
+            (train[:45] + [colour] + train[45:], gen, True)):  # found later: prefetched, then dropped
+        used, *got = run(train_paths, gen_paths, True)
+        _, *want = run(train_paths, gen_paths, False)
+        assert used == expect_used
+        assert got[:2] == want[:2]
+        np.testing.assert_array_equal(got[2], want[2])
+        np.testing.assert_array_equal(got[3], want[3])
