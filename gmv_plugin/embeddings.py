@@ -23,6 +23,7 @@ import fiftyone.core.models as fom
 import fiftyone.core.utils as fou
 from PIL import Image
 
+from gmv_plugin import bulk as gmvbulk
 from gmv_plugin import copies as gmvc
 from gmv_plugin.arrays import NpyWriter, iter_rows
 from gmv_plugin.images import find_unreadable, read_gray_png, resize_gray, to_pil
@@ -279,9 +280,10 @@ def decode_workers():
 def read_ids_paths(samples):
     """``(ids, filepaths)`` of ``samples`` in order, in one database pass."""
     ids, paths = [], []
-    for doc in samples._aggregate(pipeline=[{"$project": {"_id": 1, "filepath": 1}}]):
-        ids.append(str(doc["_id"]))
-        paths.append(doc.get("filepath"))
+    with gmvbulk.paused_gc():
+        for doc in samples._aggregate(pipeline=[{"$project": {"_id": 1, "filepath": 1}}]):
+            ids.append(str(doc["_id"]))
+            paths.append(doc.get("filepath"))
     return ids, paths
 
 
@@ -328,14 +330,15 @@ def iter_field_embeddings(samples, field, chunk_size=4096):
     cursor = samples._aggregate(pipeline=[{"$project": {"_id": 1, db_field: 1}}])
     header = {}
     ids, vals = [], []
-    for doc in cursor:
-        ids.append(str(doc["_id"]))
-        vals.append(doc.get(db_field))
-        if len(ids) == chunk_size:
+    with gmvbulk.paused_gc():
+        for doc in cursor:
+            ids.append(str(doc["_id"]))
+            vals.append(doc.get(db_field))
+            if len(ids) == chunk_size:
+                yield ids, _decode_vectors(vals, header)
+                ids, vals = [], []
+        if ids:
             yield ids, _decode_vectors(vals, header)
-            ids, vals = [], []
-    if ids:
-        yield ids, _decode_vectors(vals, header)
 
 
 def _stack(vecs):

@@ -24,6 +24,7 @@ import fiftyone.core.utils as fou
 
 from gmv_plugin import arrays as gmvarrays
 from gmv_plugin import brain as gmvb
+from gmv_plugin import bulk as gmvbulk
 from gmv_plugin import cleansing as gmvcl
 from gmv_plugin import copies as gmvc
 from gmv_plugin import embeddings as gmve
@@ -305,17 +306,18 @@ def _read_side(view, field=None):
     value, so that edited embeddings change a sample's key without being
     read; random where the database cannot hash (nothing is reused then)."""
     if field is None:
-        return list(view.values(["id", "filepath"])) + [None]
+        return list(gmve.read_ids_paths(view)) + [None]
     db_field = view._handle_db_field(field) if hasattr(view, "_handle_db_field") else field
     ids, paths, hashes = [], [], []
     try:
-        for d in view._aggregate(pipeline=[{"$project": {
-                "_id": 1, "filepath": 1, "h": {"$toHashedIndexKey": "$" + db_field}}}]):
-            ids.append(str(d["_id"]))
-            paths.append(d.get("filepath"))
-            hashes.append(d.get("h"))
+        with gmvbulk.paused_gc():
+            for d in view._aggregate(pipeline=[{"$project": {
+                    "_id": 1, "filepath": 1, "h": {"$toHashedIndexKey": "$" + db_field}}}]):
+                ids.append(str(d["_id"]))
+                paths.append(d.get("filepath"))
+                hashes.append(d.get("h"))
     except pymongo.errors.OperationFailure:  # a server without $toHashedIndexKey
-        ids, paths = view.values(["id", "filepath"])
+        ids, paths = gmve.read_ids_paths(view)
         hashes = np.random.default_rng().integers(0, 2**62, len(ids)).tolist()
     return ids, paths, hashes
 
@@ -351,6 +353,16 @@ class SampleSet(object):
             hashes = _read_side(view, field)[2]
         keys = np.empty(len(ids), dtype=np.uint64)
         missing = []
+        with gmvbulk.paused_gc():
+            cls._keys(ids, paths, hashes, stat, keys, missing)
+        if missing:
+            raise ImageReadError(
+                "%d %s image files are missing, e.g. %s" % (len(missing), what, missing[:5])
+            )
+        return cls(ids, paths, keys)
+
+    @staticmethod
+    def _keys(ids, paths, hashes, stat, keys, missing):
         for i, (sid, path) in enumerate(zip(ids, paths)):
             tag = path if hashes is None else "%s|%s" % (path, hashes[i])
             if stat:
@@ -363,11 +375,6 @@ class SampleSet(object):
             else:
                 sig = "%s|%s" % (sid, tag)
             keys[i] = int.from_bytes(hashlib.blake2b(sig.encode(), digest_size=8).digest(), "little")
-        if missing:
-            raise ImageReadError(
-                "%d %s image files are missing, e.g. %s" % (len(missing), what, missing[:5])
-            )
-        return cls(ids, paths, keys)
 
     def __len__(self):
         return len(self.ids)

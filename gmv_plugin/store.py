@@ -21,6 +21,7 @@ or exactly as intended:
 """
 
 import contextlib
+import concurrent.futures
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from bson import ObjectId
 import fiftyone as fo
 import fiftyone.core.runs as foruns
 
+from gmv_plugin import bulk as gmvbulk
 from gmv_plugin import locks
 from gmv_plugin import runs as gmvruns
 from gmv_plugin.faults import crashpoint
@@ -221,28 +223,37 @@ def stage_fields(dataset, key, parts, chunk=20_000):
     """
     name = staging_prefix(dataset, key) + uuid.uuid4().hex[:12]
     coll = _db()[name]
-    names = gmvruns.all_field_names(key)
-    held = _held_fields(dataset, names)
-    for ids, columns in parts:
-        fields = ["%s_%s" % (key, s) for s in columns]
-        written = set(fields)
-        cols = list(columns.values())
-        for start in range(0, len(ids), chunk):
-            docs = []
-            for sid, *vals in zip(ids[start : start + chunk], *(_as_list(c[start : start + chunk]) for c in cols)):
-                doc = dict(zip(fields, vals))
-                doc["_id"] = oid = ObjectId(sid)
-                lose = held.pop(oid, None)
-                if lose:
-                    lose = [n for n in lose if n not in written]
+    held = _held_fields(dataset, gmvruns.all_field_names(key))
+
+    def chunks():
+        for ids, columns in parts:
+            keys = ["%s_%s" % (key, s) for s in columns] + ["_id"]
+            written = set(keys)
+            cols = list(columns.values())
+            for start in range(0, len(ids), chunk):
+                oids = [ObjectId(sid) for sid in ids[start : start + chunk]]
+                rows = zip(*(_as_list(c[start : start + chunk]) for c in cols), oids)
+                docs = [dict(zip(keys, row)) for row in rows]
+                for doc in docs if held else ():
+                    lose = [n for n in held.pop(doc["_id"], ()) if n not in written]
                     if lose:
                         doc[UNSET] = lose
-                docs.append(doc)
-            coll.insert_many(docs, ordered=False)
+                yield docs
+        docs = [{"_id": oid, UNSET: lose} for oid, lose in held.items()]
+        if docs:
+            yield docs
+
+    # the database stores one chunk while the next is built
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, gmvbulk.paused_gc():
+        pending = None
+        for docs in chunks():
+            if pending is not None:
+                pending.result()
+                crashpoint("fields.stage_chunk")
+            pending = pool.submit(coll.insert_many, docs, ordered=False)
+        if pending is not None:
+            pending.result()
             crashpoint("fields.stage_chunk")
-    docs = [{"_id": oid, UNSET: lose} for oid, lose in held.items()]
-    if docs:
-        coll.insert_many(docs, ordered=False)
     return name
 
 
