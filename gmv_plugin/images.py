@@ -143,15 +143,25 @@ def _resample(stack, taps):
 _PLANS = {}
 
 
+PLAN_MIN_IMAGES = 8  # a pair of sizes is checked for at least this many images (the check costs two PIL resizes)
+MAX_PLANS = 256
+
+
 def resize_gray(stack, width, height):
     """``Image.resize((width, height), Image.BILINEAR)`` of each uint8
     ``(N, H, W)`` grayscale image, bit for bit, in two vectorized passes; or
     None when this Pillow's result for these sizes is not reproduced (each
     pair of sizes is checked once against the installed Pillow on random
-    images, which also tells which pass Pillow runs first)."""
+    images, which also tells which pass Pillow runs first), or when the
+    sizes are new and there are fewer than :data:`PLAN_MIN_IMAGES` images
+    (then PIL image by image costs less than the check)."""
     n, h, w = stack.shape
     key = (h, w, height, width)
     if key not in _PLANS:
+        if n < PLAN_MIN_IMAGES:
+            return None
+        if len(_PLANS) >= MAX_PLANS:  # many sizes: keep the memory bounded
+            _PLANS.clear()
         _PLANS[key] = _plan(h, w, height, width)
     plan = _PLANS[key]
     if plan is None:
@@ -172,7 +182,8 @@ def _run_plan(stack, plan):
 def _plan(h, w, height, width):
     horizontal = [(2, _taps(w, width))] if w != width else []
     vertical = [(1, _taps(h, height))] if h != height else []
-    probe = np.random.default_rng(0).integers(0, 256, (3, h, w)).astype(np.uint8)
+    count = int(min(64, max(2, -(-4096 // (h * w)))))  # at least 4,096 random pixels
+    probe = np.random.default_rng(0).integers(0, 256, (count, h, w)).astype(np.uint8)
     probe[0] = 255
     expected = np.stack([np.asarray(Image.fromarray(p).resize((width, height), Image.BILINEAR)) for p in probe])
     for plan in (horizontal + vertical, vertical + horizontal):
