@@ -205,15 +205,23 @@ def test_fast_decode_equals_pil_bit_for_bit(tmp_path):
 def test_resize_gray_equals_pil():
     from gmv_plugin.images import PLAN_MIN_IMAGES, resize_gray
 
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(5)
     for h, w in ((28, 28), (2, 3), (31, 33), (100, 37), (300, 301)):
-        stack = rng.integers(0, 256, (PLAN_MIN_IMAGES, h, w)).astype(np.uint8)
+        stack = rng.integers(0, 256, (max(PLAN_MIN_IMAGES, 40000 // (h * w)), h, w)).astype(np.uint8)
         stack[0] = 255
         assert resize_gray(stack[:2], w + 1, h + 1) is None  # too few images of new sizes: PIL decides
         for width, height in ((32, 32), (w, 17), (64, h), (1, 1), (64, 23), (5, 90)):
             want = np.stack([np.asarray(Image.fromarray(a).resize((width, height), Image.BILINEAR))
                              for a in stack])
-            np.testing.assert_array_equal(resize_gray(stack, width, height), want)
+            got = resize_gray(stack, width, height)
+            assert got is not None or min(h, w) < 3  # only tiny images may be left to PIL
+            if got is not None:
+                np.testing.assert_array_equal(got, want)
+    # where Pillow's pass order shows only in a few images out of hundreds
+    stack = rng.integers(0, 256, (400, 100, 37)).astype(np.uint8)
+    got = resize_gray(stack, 1, 1)
+    want = np.stack([np.asarray(Image.fromarray(a).resize((1, 1), Image.BILINEAR)) for a in stack])
+    assert got is None or np.array_equal(got, want)
 
 
 def _pid(_):
