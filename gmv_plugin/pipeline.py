@@ -655,7 +655,8 @@ class Valuation(object):
             self.config.embeddings_field and self._field_complete()
         ):
             model = self._resolved_model()
-        with gmve.decode_pool(isinstance(model, gmve.PixelEmbedder)):  # one pool for both sides
+        todo = [part for part in parts if force or self.entry(part) is None]
+        with gmve.decode_pool(isinstance(model, gmve.PixelEmbedder) and bool(todo)):  # one pool for both sides
             self._embed_sides(model, brain_key, progress, force, parts)
 
     def _embed_sides(self, model, brain_key, progress, force, parts):
