@@ -132,4 +132,11 @@ class NeighbourSearch(object):
             idx[q[:, None], cols] = members[i]
         best = np.argsort(dist, axis=1, kind="stable")[:, :kk]
         d2, i = np.take_along_axis(dist, best, 1), np.take_along_axis(idx, best, 1)
+        short = np.flatnonzero((i < 0).any(axis=1))
+        if len(short):  # fewer than kk rows in the probed cells: search those queries exactly
+            own = (np.arange(m) if rows is None else np.asarray(rows))[short]
+            ed, ei = nearest(queries[short], self.base, k, exclude_self=exclude_self, rows=own)
+            d, i = _finish(d2, i, kk, exclude_self, rows)
+            d[short], i[short] = ed, ei
+            return d, i
         return _finish(d2, i, kk, exclude_self, rows)

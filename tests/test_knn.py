@@ -55,6 +55,19 @@ def test_inverted_file_finds_the_exact_neighbours(ivf_always, tmp_path):
     assert (i2 == i).all()
 
 
+def test_queries_whose_cells_hold_too_few_rows_are_searched_exactly(ivf_always):
+    base = _clusters(20_000)
+    search = gmvk.NeighbourSearch(base, 100)
+    search.nprobe = 1
+    sizes = np.diff(search.bounds)
+    k = int(sizes.max()) + 1  # more neighbours than any one cell holds
+    rows = np.arange(0, 20_000, 200)
+    d, i = search.search(base[rows], k, exclude_self=True, rows=rows)
+    ed, ei = gmvk.nearest(base[rows], base, k, exclude_self=True, rows=rows)
+    assert (i >= 0).all() and not (i == rows[:, None]).any()
+    np.testing.assert_allclose(d, ed, rtol=1e-5)
+
+
 def test_copy_scores_through_the_inverted_file_equal_exact(ivf_always):
     base = _clusters(20_000, seed=2)
     rng = np.random.default_rng(3)
