@@ -279,15 +279,16 @@ def _merge_staging(dataset, key, staging):
     first, then the new values in one merge of whole documents."""
     target = _samples_coll(dataset).name
     keep = {"$not": [{"$in": ["$$f.k", "$$new." + UNSET]}]}
-    _db()[staging].aggregate([
-        {"$match": {UNSET: {"$exists": True}}},
-        {"$project": {UNSET: 1}},
-        {"$merge": {"into": target, "on": "_id", "whenNotMatched": "discard", "whenMatched": [
-            {"$replaceWith": {"$arrayToObject": {"$filter": {
-                "input": {"$objectToArray": "$$ROOT"}, "as": "f", "cond": keep}}}},
-            {"$set": {"last_modified_at": "$$NOW"}},
-        ]}},
-    ])
+    if _db()[staging].find_one({UNSET: {"$exists": True}}, {"_id": 1}) is not None:
+        _db()[staging].aggregate([
+            {"$match": {UNSET: {"$exists": True}}},
+            {"$project": {UNSET: 1}},
+            {"$merge": {"into": target, "on": "_id", "whenNotMatched": "discard", "whenMatched": [
+                {"$replaceWith": {"$arrayToObject": {"$filter": {
+                    "input": {"$objectToArray": "$$ROOT"}, "as": "f", "cond": keep}}}},
+                {"$set": {"last_modified_at": "$$NOW"}},
+            ]}},
+        ])
     _db()[staging].aggregate([
         {"$unset": UNSET},
         {"$set": {"last_modified_at": "$$NOW"}},
@@ -296,8 +297,19 @@ def _merge_staging(dataset, key, staging):
 
 
 def _declare_fields(dataset, fields):
+    """Declares the missing ``fields`` on the dataset's schema, in one schema
+    update where FiftyOne offers it (each ``add_sample_field`` reloads the
+    dataset: 150 ms of a 1.6 s valuation for ten fields)."""
+    missing = {}
     for name in fields:
         if not dataset.has_field(name):
+            ftype, sub = FIELD_TYPES[_suffix(name)]
+            missing[name] = ftype(**({"field": sub()} if sub is not None else {}))
+    merge = getattr(dataset, "_merge_sample_field_schema", None)
+    if missing and merge is not None:
+        merge(missing)
+    else:
+        for name, field in missing.items():
             ftype, sub = FIELD_TYPES[_suffix(name)]
             dataset.add_sample_field(name, ftype, **({"subfield": sub} if sub is not None else {}))
 
