@@ -58,6 +58,7 @@ Z_CLIP = 30.0
 ANOMALY_MARGIN = 0.5
 ANOMALY_WEIGHT = 4.0
 MAX_BLOCK = 15
+MIN_SIDE = 3  # smaller images are edge-padded to this side for the statistics
 
 
 LEVELS = np.arange(256) / 255.0  # the float value of each 8-bit level, as images are read
@@ -293,6 +294,9 @@ def image_statistics(images):
             q = stack[s : s + step]
             if q.dtype != np.uint8:  # 8-bit levels, as images on disk have
                 q = np.round(np.clip(q.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+            if min(q.shape[1:]) < MIN_SIDE:  # gradients and the Laplacian need 3 pixels a side
+                grow = [(0, 0)] + [(0, max(0, MIN_SIDE - n)) for n in q.shape[1:]]
+                q = np.pad(q, grow, mode="edge")
             out[rows[s : s + step]] = _statistics_same_size(q)
     return out
 

@@ -463,3 +463,23 @@ def test_image_statistics_equal_the_plain_float64_formulation(mnist):
         np.testing.assert_array_equal(gmvcl.image_statistics(q), _reference_statistics(q / 255.0))
     floats = [im.astype(np.float32) / 255 + 1e-4 for im in images[:50]]
     np.testing.assert_array_equal(gmvcl.image_statistics(floats), _reference_statistics(images[:50] / 255.0))
+
+
+def test_tiny_images_get_finite_statistics_and_descriptors(tmp_path):
+    from PIL import Image
+
+    from gmv_plugin import embeddings as gmve
+
+    shapes = [(1, 1), (1, 7), (7, 1), (2, 2), (3, 1)]
+    images = [np.arange(h * w, dtype=np.uint8).reshape(h, w) * 40 for h, w in shapes]
+    stats = gmvcl.image_statistics(images)
+    assert stats.shape == (len(shapes), len(gmvcl.STATISTICS)) and np.isfinite(stats).all()
+    assert np.isfinite(gmvcl.image_features(images)["desc"]).all()
+    # the embedding workers compute them too: a 1-pixel PNG does not fail a run
+    paths = []
+    for i, img in enumerate(images + [np.zeros((28, 28), np.uint8)]):
+        paths.append(str(tmp_path / ("%d.png" % i)))
+        Image.fromarray(img).save(paths[-1])
+    truth = {"stats": True}
+    mode, failed = gmve.embed_paths(paths, str(tmp_path / "e.npy"), gmve.PixelEmbedder(), workers=1, truth=truth)
+    assert not failed and np.isfinite(truth["features"]["stats"]).all()
