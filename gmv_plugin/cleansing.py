@@ -522,7 +522,7 @@ def truth_from_features(
         train_desc, gen_desc = train["desc"], gen["desc"]
         gen_flip = gmvc.flip_descriptors(gen_desc)
     elif train_emb is not None and gen_emb is not None:
-        train_desc = np.asarray(train_emb, dtype=np.float32)
+        train_desc = train_emb if isinstance(train_emb, np.memmap) else np.asarray(train_emb, dtype=np.float32)
         gen_desc, gen_flip = np.asarray(gen_emb, dtype=np.float32), None
     else:
         train_desc = None

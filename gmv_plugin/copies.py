@@ -38,8 +38,8 @@ GYRATION_SPAN = 2.0  # the descriptor spans this many radii of gyration each sid
 COPY_THRESHOLD = 0.45
 COPY_SCORE_FLOOR = -10.0  # scores below are reported as this (finite in the fields)
 BLOCK_PIXELS = 50_000  # float32 pixels per block of images: the arrays stay in the CPU's cache
-DUPLICATE_LOOKAHEAD = 8
-IN_MEMORY_BYTES = 64 << 20  # training descriptors up to this size are searched from memory (a search block)  # neighbours searched past exact duplicates for d2 and r
+DUPLICATE_LOOKAHEAD = 8  # neighbours searched past exact duplicates for d2 and r
+IN_MEMORY_BYTES = 64 << 20  # training descriptors up to this size are searched from memory (a search block)
 
 
 def _descriptor_stack(x, size):

@@ -483,3 +483,19 @@ def test_tiny_images_get_finite_statistics_and_descriptors(tmp_path):
     truth = {"stats": True}
     mode, failed = gmve.embed_paths(paths, str(tmp_path / "e.npy"), gmve.PixelEmbedder(), workers=1, truth=truth)
     assert not failed and np.isfinite(truth["features"]["stats"]).all()
+
+
+def test_training_embeddings_on_disk_stay_on_disk_for_the_copy_flags(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "t.npy", rng.normal(size=(500, 8)).astype(np.float32))
+    mm = np.load(tmp_path / "t.npy", mmap_mode="r")
+    seen = []
+    real = gmvc.copy_scores
+
+    def spy(gen, flipped, train, neighbours=None):
+        seen.append(type(train))
+        return real(gen, flipped, train, neighbours=neighbours)
+
+    monkeypatch.setattr(gmvc, "copy_scores", spy)
+    gmvcl.truth_from_features(np.ones(500), train_emb=mm, gen_emb=np.asarray(mm[:20]) + 0.01)
+    assert seen == [np.memmap]  # a 10^6 x 128 field's 512 MB were copied into memory
