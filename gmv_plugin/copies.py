@@ -189,11 +189,13 @@ def copy_scores(gen_desc, gen_desc_flipped, train_desc, neighbours=None):
     """
     if len(train_desc) < 3:
         raise ValueError("copy scores need at least 3 training images; got %d" % len(train_desc))
-    if not (isinstance(train_desc, np.memmap) and train_desc.dtype == np.float32) \
-            or train_desc.nbytes <= IN_MEMORY_BYTES:
+    if isinstance(train_desc, np.memmap):
         # a large float32 memmap stays on disk; a small one is read once (one
         # read instead of a system call per gathered row)
-        train_desc = np.array(train_desc, dtype=np.float32)
+        if train_desc.dtype != np.float32 or train_desc.nbytes <= IN_MEMORY_BYTES:
+            train_desc = np.array(train_desc, dtype=np.float32)
+    else:
+        train_desc = np.asarray(train_desc, dtype=np.float32)  # no copy of float32 arrays
     kk = min(DUPLICATE_LOOKAHEAD, len(train_desc))
     search = gmvk.NeighbourSearch(train_desc, len(gen_desc))
     if neighbours is not None and np.shape(neighbours[1])[1] >= kk:

@@ -499,3 +499,19 @@ def test_training_embeddings_on_disk_stay_on_disk_for_the_copy_flags(tmp_path, m
     monkeypatch.setattr(gmvc, "copy_scores", spy)
     gmvcl.truth_from_features(np.ones(500), train_emb=mm, gen_emb=np.asarray(mm[:20]) + 0.01)
     assert seen == [np.memmap]  # a 10^6 x 128 field's 512 MB were copied into memory
+
+
+def test_copy_scores_search_in_memory_descriptors_without_copying_them(monkeypatch):
+    from gmv_plugin import knn as gmvk
+
+    train = np.random.default_rng(1).normal(size=(300, 8)).astype(np.float32)
+    bases = []
+    real = gmvk.NeighbourSearch.__init__
+
+    def spy(self, base, *a, **k):
+        bases.append(base)
+        real(self, base, *a, **k)
+
+    monkeypatch.setattr(gmvk.NeighbourSearch, "__init__", spy)
+    gmvc.copy_scores(train[:10] + 0.01, None, train)
+    assert np.shares_memory(bases[0], train)  # 1 GB of descriptors at 10^6 images
