@@ -300,18 +300,13 @@ def _declare_fields(dataset, fields):
     """Declares the missing ``fields`` on the dataset's schema, in one schema
     update where FiftyOne offers it (each ``add_sample_field`` reloads the
     dataset: 150 ms of a 1.6 s valuation for ten fields)."""
-    missing = {}
-    for name in fields:
-        if not dataset.has_field(name):
-            ftype, sub = FIELD_TYPES[_suffix(name)]
-            missing[name] = ftype(**({"field": sub()} if sub is not None else {}))
+    specs = {n: FIELD_TYPES[_suffix(n)] for n in fields if not dataset.has_field(n)}
     merge = getattr(dataset, "_merge_sample_field_schema", None)
-    if missing and merge is not None:
-        merge(missing)
-    else:
-        for name, field in missing.items():
-            ftype, sub = FIELD_TYPES[_suffix(name)]
-            dataset.add_sample_field(name, ftype, **({"subfield": sub} if sub is not None else {}))
+    if specs and merge is not None:
+        merge({n: ftype(**({"field": sub()} if sub is not None else {})) for n, (ftype, sub) in specs.items()})
+        return
+    for name, (ftype, sub) in specs.items():
+        dataset.add_sample_field(name, ftype, **({"subfield": sub} if sub is not None else {}))
 
 
 def _suffix(name):
