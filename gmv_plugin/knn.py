@@ -66,9 +66,9 @@ class NeighbourSearch(object):
     """Nearest rows of ``base`` (``(N, D)``, array or ``.npy`` memmap) for
     about ``num_queries`` queries per search: exact when a search costs at
     most ``exact_budget`` (default :data:`EXACT_BUDGET`) multiply-adds or
-    ``base`` has fewer than
-    :data:`MIN_IVF_ROWS` rows, else an inverted file with exact distances
-    (see the module). Deterministic: the same rows give the same cells.
+    ``base`` has fewer than :data:`MIN_IVF_ROWS` rows, else an inverted file
+    with exact distances (see the module). Deterministic: the same rows give
+    the same cells.
 
     ``describe()`` says which, for the run's results.
     """
